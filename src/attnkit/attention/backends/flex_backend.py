@@ -1,0 +1,62 @@
+"""``flex``: PyTorch FlexAttention with a ``BlockMask`` built from the pattern.
+
+Runs compiled kernels on GPU (training and inference). On CPU, PyTorch provides no
+FlexAttention backward, so this backend serves CPU calls only when no gradient is needed.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor
+
+from attnkit.attention.masks import Mask, from_dense
+
+NAME = "flex"
+EXACT = True
+
+
+def supports(req) -> str | None:
+    if req.return_weights:
+        return "does not return attention weights (use math)"
+    if req.dropout_p > 0:
+        return "no attention dropout in FlexAttention"
+    if req.device.type == "cpu" and req.needs_grad:
+        return "PyTorch has no FlexAttention backward on CPU (use blocked)"
+    if req.device.type not in ("cpu", "cuda", "xpu"):
+        return f"FlexAttention does not run on {req.device.type}"
+    if req.dtype == torch.float64 and req.device.type == "cuda":
+        return "float64 is not supported by the FlexAttention GPU kernel"
+    return None
+
+
+@functools.cache
+def _kernel(device_type: str):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if device_type == "cpu":
+        return flex_attention  # eager; compilation on CPU costs more than it saves for one call
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def forward(q: Tensor, k: Tensor, v: Tensor, *, mask, score_mod, scale: float, dropout_p: float,
+            return_weights: bool) -> tuple[Tensor, None]:
+    B, Hq, Lq, _ = q.shape
+    Lk = k.shape[2]
+    offset = Lk - Lq
+    if isinstance(mask, Tensor):
+        mask = from_dense(mask.expand(-1 if mask.shape[0] > 1 else 1, -1, Lq, Lk)
+                          if mask.dim() == 4 else mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape)))
+    block_mask = None
+    if isinstance(mask, Mask) and mask.kind != "full":
+        block_mask = mask.block_mask(Lq, Lk, batch=B, heads=Hq, device=q.device)
+    mod = None
+    if score_mod is not None:
+        f = score_mod.fn
+        mod = f if offset == 0 else (lambda s, b, h, qi, kv: f(s, b, h, qi + offset, kv))
+    out = _kernel(q.device.type)(
+        q, k, v, score_mod=mod, block_mask=block_mask, scale=scale,
+        enable_gqa=k.shape[1] != Hq,
+    )
+    return out, None

@@ -1,0 +1,44 @@
+"""``math``: the executable specification. Scores → score_mod → mask → softmax → V.
+
+Softmax runs in fp32 for half-precision inputs; masked scores are ``-inf``, and a row whose
+every key is masked yields zero probabilities (hence zero output) instead of NaN.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from attnkit.attention.backends.common import dense_mask, repeat_kv
+
+NAME = "math"
+EXACT = True
+
+
+def supports(req) -> str | None:
+    return None  # the reference serves everything
+
+
+def forward(q: Tensor, k: Tensor, v: Tensor, *, mask, score_mod, scale: float, dropout_p: float,
+            return_weights: bool) -> tuple[Tensor, Tensor | None]:
+    B, Hq, Lq, _ = q.shape
+    Lk = k.shape[2]
+    n_rep = Hq // k.shape[1]
+    k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
+    scores = torch.matmul(q.float(), k.float().transpose(-2, -1)) * scale  # (B, H, Lq, Lk)
+    if score_mod is not None:
+        scores = score_mod.apply(scores, offset=Lk - Lq)
+    allowed = dense_mask(mask, B, Hq, Lq, Lk, q.device)
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    # Fully masked rows: max is -inf; subtracting it would give NaN. Use 0 there instead.
+    row_max = scores.amax(dim=-1, keepdim=True)
+    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    e = torch.exp(scores - row_max)
+    denom = e.sum(dim=-1, keepdim=True)
+    probs = e / torch.where(denom > 0, denom, torch.ones_like(denom))
+    weights = probs
+    if dropout_p > 0.0:
+        probs = torch.nn.functional.dropout(probs, p=dropout_p, training=True)
+    out = torch.matmul(probs, v.float()).to(q.dtype)
+    return out, (weights.to(q.dtype) if return_weights else None)

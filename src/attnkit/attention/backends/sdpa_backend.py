@@ -1,0 +1,57 @@
+"""``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` (flash / memory-efficient /
+cuDNN kernels on GPU, the flash kernel on CPU).
+
+Pure causal calls pass ``is_causal`` (no mask is built); causal with ``Lq < Lk`` uses the
+bottom-right aligned bias; other patterns are materialised to a dense bool matrix; additive
+score modifiers (ALiBi, relative bias) are materialised as a float bias.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from attnkit.attention.backends.common import dense_mask, repeat_kv
+from attnkit.attention.masks import Mask
+
+NAME = "sdpa"
+EXACT = True
+
+
+def supports(req) -> str | None:
+    if req.return_weights:
+        return "does not return attention weights (use math)"
+    if req.score_mod is not None and not req.score_mod.additive:
+        return f"score_mod {req.score_mod.name} is not additive (use flex or blocked)"
+    return None
+
+
+def forward(q: Tensor, k: Tensor, v: Tensor, *, mask, score_mod, scale: float, dropout_p: float,
+            return_weights: bool) -> tuple[Tensor, None]:
+    B, Hq, Lq, _ = q.shape
+    Lk = k.shape[2]
+    n_rep = Hq // k.shape[1]
+    if n_rep > 1:
+        k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
+    is_causal = isinstance(mask, Mask) and mask.kind == "causal"
+    attn_mask = None
+    if is_causal and (Lq != Lk or score_mod is not None):
+        is_causal = False
+        attn_mask = mask.dense(Lq, Lk, device=q.device)
+    elif not is_causal:
+        attn_mask = dense_mask(mask, B, Hq, Lq, Lk, q.device)
+    if score_mod is not None:
+        bias = score_mod.bias(Lq, Lk, batch=B, heads=Hq, device=q.device, dtype=q.dtype)
+        if attn_mask is not None:
+            bias = bias.masked_fill(~attn_mask, float("-inf"))
+        attn_mask = bias
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale
+    )
+    if attn_mask is not None and attn_mask.dtype != torch.bool:
+        # A float bias with a fully -inf row gives NaN in some kernels; zero such rows.
+        dead = torch.isneginf(attn_mask).all(dim=-1, keepdim=True)
+        if dead.any():
+            out = out.masked_fill(dead, 0.0)
+    return out, None
