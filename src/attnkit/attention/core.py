@@ -135,8 +135,7 @@ def _validate(q: Tensor, k: Tensor, v: Tensor, mask: MaskArg, score_mod, scale, 
             )
         target = (B, Hq, Lq, Lk)
         try:
-            torch.broadcast_shapes(mask.shape, target)
-            ok = mask.dim() <= 4
+            ok = mask.dim() <= 4 and torch.broadcast_shapes(mask.shape, target) == target
         except RuntimeError:
             ok = False
         if not ok:

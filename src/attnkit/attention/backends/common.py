@@ -25,4 +25,6 @@ def dense_mask(mask: Mask | Tensor | None, B: int, H: int, Lq: int, Lk: int,
         if mask.kind == "full":
             return None
         return mask.dense(Lq, Lk, batch=B, heads=H, device=device)
+    if mask.dim() < 4:  # (Lk,), (Lq, Lk), ...: kernels want (B|1, H|1, Lq|1, Lk)
+        mask = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
     return mask if mask.device == device else mask.to(device)

@@ -46,8 +46,8 @@ def forward(q: Tensor, k: Tensor, v: Tensor, *, mask, score_mod, scale: float, d
     Lk = k.shape[2]
     offset = Lk - Lq
     if isinstance(mask, Tensor):
-        mask = from_dense(mask.expand(-1 if mask.shape[0] > 1 else 1, -1, Lq, Lk)
-                          if mask.dim() == 4 else mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape)))
+        m4 = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
+        mask = from_dense(m4.expand(-1, -1, Lq, Lk))
     block_mask = None
     if isinstance(mask, Mask) and mask.kind != "full":
         block_mask = mask.block_mask(Lq, Lk, batch=B, heads=Hq, device=q.device)

@@ -25,7 +25,9 @@ def forward(q: Tensor, k: Tensor, v: Tensor, *, mask, score_mod, scale: float, d
     Lk = k.shape[2]
     n_rep = Hq // k.shape[1]
     k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
-    scores = torch.matmul(q.float(), k.float().transpose(-2, -1)) * scale  # (B, H, Lq, Lk)
+    # fp32 for half-precision inputs; fp32/fp64 inputs keep their own precision.
+    cdt = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    scores = torch.matmul(q.to(cdt), k.to(cdt).transpose(-2, -1)) * scale  # (B, H, Lq, Lk)
     if score_mod is not None:
         scores = score_mod.apply(scores, offset=Lk - Lq)
     allowed = dense_mask(mask, B, Hq, Lq, Lk, q.device)
@@ -40,5 +42,5 @@ def forward(q: Tensor, k: Tensor, v: Tensor, *, mask, score_mod, scale: float, d
     weights = probs
     if dropout_p > 0.0:
         probs = torch.nn.functional.dropout(probs, p=dropout_p, training=True)
-    out = torch.matmul(probs, v.float()).to(q.dtype)
+    out = torch.matmul(probs, v.to(cdt)).to(q.dtype)
     return out, (weights.to(q.dtype) if return_weights else None)

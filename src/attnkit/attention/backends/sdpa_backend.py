@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attnkit.attention.backends.common import dense_mask, repeat_kv
+from attnkit.attention.backends.common import dense_mask
 from attnkit.attention.masks import Mask
 
 NAME = "sdpa"
@@ -31,9 +31,6 @@ def forward(q: Tensor, k: Tensor, v: Tensor, *, mask, score_mod, scale: float, d
             return_weights: bool) -> tuple[Tensor, None]:
     B, Hq, Lq, _ = q.shape
     Lk = k.shape[2]
-    n_rep = Hq // k.shape[1]
-    if n_rep > 1:
-        k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
     is_causal = isinstance(mask, Mask) and mask.kind == "causal"
     attn_mask = None
     if is_causal and (Lq != Lk or score_mod is not None):
@@ -47,7 +44,8 @@ def forward(q: Tensor, k: Tensor, v: Tensor, *, mask, score_mod, scale: float, d
             bias = bias.masked_fill(~attn_mask, float("-inf"))
         attn_mask = bias
     out = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale
+        q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+        enable_gqa=k.shape[1] != Hq,
     )
     if attn_mask is not None and attn_mask.dtype != torch.bool:
         # A float bias with a fully -inf row gives NaN in some kernels; zero such rows.
