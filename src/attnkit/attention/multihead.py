@@ -1,0 +1,196 @@
+"""Multi-head attention as a module (Vaswani et al. 2017, with GQA/MQA, RoPE and KV caches).
+
+    head_i = attend(x W_Q^i, c W_K^g(i), c W_V^g(i))        c = x (self) or context (cross)
+    MHA(x) = concat(head_1, ..., head_H) W_O
+
+``n_kv_heads < n_heads`` shares each key/value head among ``n_heads / n_kv_heads`` query heads
+(grouped-query attention, Ainslie et al. 2023; ``n_kv_heads = 1`` is multi-query attention,
+Shazeer 2019): query head ``i`` reads key/value head ``g(i) = i // (n_heads / n_kv_heads)``.
+
+Self-attention uses one fused projection producing ``[q | k | v]`` (``n_heads·Dh`` +
+``2·n_kv_heads·Dh`` features; the layout of ``nn.MultiheadAttention.in_proj_weight`` when
+``n_kv_heads == n_heads``). Cross-attention (``is_cross=True``) projects queries from ``x`` and
+keys/values from ``context`` separately.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from attnkit.attention.cache import KVCache, SlidingWindowCache
+from attnkit.attention.core import MaskArg, attend
+from attnkit.attention.score_mods import ScoreMod
+
+__all__ = ["MultiHeadAttention", "RopeFn"]
+
+# rope(q (B,Hq,L,D), k (B,Hkv,L,D), positions (L,) | (B,L)) -> (q, k), e.g. RotaryEmbedding.
+RopeFn = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+Cache = KVCache | SlidingWindowCache
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head (grouped-query) attention.
+
+    Args:
+        d_model: model width (input and output features).
+        n_heads: query heads ``H``.
+        n_kv_heads: key/value heads ``Hkv`` (``H % Hkv == 0``); default ``H``.
+        head_dim: per-head width ``Dh``; default ``d_model // H`` (then ``H`` must divide it).
+        qkv_bias / out_bias: biases on the input / output projections.
+        attn_dropout: dropout on attention probabilities (training only).
+        resid_dropout: dropout on the output (training only).
+        is_cross: cross-attention (keys/values from ``context``).
+        context_dim: width of ``context`` for cross-attention; default ``d_model``.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        n_kv_heads: int | None = None,
+        head_dim: int | None = None,
+        *,
+        qkv_bias: bool = True,
+        out_bias: bool = True,
+        attn_dropout: float = 0.0,
+        resid_dropout: float = 0.0,
+        is_cross: bool = False,
+        context_dim: int | None = None,
+    ):
+        super().__init__()
+        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        if n_heads < 1 or n_kv_heads < 1:
+            raise ValueError(f"n_heads and n_kv_heads must be >= 1, got {n_heads}, {n_kv_heads}")
+        if n_heads % n_kv_heads:
+            raise ValueError(
+                f"n_heads ({n_heads}) must be a multiple of n_kv_heads ({n_kv_heads}); valid "
+                f"n_kv_heads: {[d for d in range(1, n_heads + 1) if n_heads % d == 0]}"
+            )
+        if head_dim is None:
+            if d_model % n_heads:
+                raise ValueError(
+                    f"d_model ({d_model}) is not divisible by n_heads ({n_heads}); "
+                    f"pass head_dim explicitly or pick n_heads dividing d_model"
+                )
+            head_dim = d_model // n_heads
+        self.d_model, self.n_heads, self.n_kv_heads, self.head_dim = (
+            d_model, n_heads, n_kv_heads, head_dim)
+        self.is_cross = is_cross
+        self.attn_dropout = attn_dropout
+        q_dim, kv_dim = n_heads * head_dim, n_kv_heads * head_dim
+        if is_cross:
+            self.q_proj = nn.Linear(d_model, q_dim, bias=qkv_bias)
+            self.kv_proj = nn.Linear(context_dim or d_model, 2 * kv_dim, bias=qkv_bias)
+        else:
+            if context_dim is not None:
+                raise ValueError("context_dim only applies to cross-attention (is_cross=True)")
+            self.qkv = nn.Linear(d_model, q_dim + 2 * kv_dim, bias=qkv_bias)
+        self.out_proj = nn.Linear(q_dim, d_model, bias=out_bias)  # W_O
+        self.resid_drop = nn.Dropout(resid_dropout)
+
+    # ---- head split / merge -----------------------------------------------------------
+    @staticmethod
+    def _split(t: Tensor, heads: int) -> Tensor:
+        """(B, L, heads·Dh) -> (B, heads, L, Dh)"""
+        B, L, _ = t.shape
+        return t.view(B, L, heads, -1).transpose(1, 2)
+
+    @staticmethod
+    def _merge(t: Tensor) -> Tensor:
+        """(B, H, L, Dh) -> (B, L, H·Dh)"""
+        B, H, L, Dh = t.shape
+        return t.transpose(1, 2).reshape(B, L, H * Dh)
+
+    def new_cache(self, batch: int, max_len: int, *, window: int | None = None,
+                  dtype: torch.dtype | None = None, device: torch.device | str | None = None
+                  ) -> Cache:
+        """An empty cache for this layer: :class:`KVCache` of ``max_len`` positions, or a
+        :class:`SlidingWindowCache` when ``window`` is given. dtype/device default to the
+        layer's parameters."""
+        w = self.out_proj.weight
+        kw = dict(dtype=dtype or w.dtype, device=device or w.device)
+        if window is not None:
+            return SlidingWindowCache(batch, self.n_kv_heads, window, self.head_dim, **kw)
+        return KVCache(batch, self.n_kv_heads, max_len, self.head_dim, **kw)
+
+    # ---- forward ------------------------------------------------------------------------
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        context: Tensor | None = None,
+        mask: MaskArg = None,
+        score_mod: ScoreMod | None = None,
+        rope: RopeFn | None = None,
+        positions: Tensor | None = None,
+        cache: Cache | None = None,
+        return_weights: bool = False,
+        backend: str = "auto",
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Attend from ``x (B, L, d_model)``.
+
+        Args:
+            context: ``(B, Lc, context_dim)`` keys/values source; required iff ``is_cross``.
+            mask: a :class:`~attnkit.attention.masks.Mask` or bool tensor broadcastable to
+                ``(B, H, Lq, Lk)`` (True = may attend); rows bottom-right aligned with a cache.
+            score_mod: e.g. ALiBi or a relative position bias (self-attention).
+            rope: applied to q and k at ``positions`` before caching (self-attention only).
+            positions: absolute positions ``(L,)`` or ``(B, L)``; default
+                ``cache.pos + arange(L)`` (or ``arange(L)`` without cache).
+            cache: a :class:`KVCache` / :class:`SlidingWindowCache`, updated in place. For
+                cross-attention a :class:`KVCache` stores the projected context on the first
+                call and later calls reuse it (``context`` is then ignored).
+
+        Returns:
+            ``out (B, L, d_model)``, or ``(out, weights (B, H, Lq, Lk))``.
+        """
+        B, L, _ = x.shape
+        if self.is_cross:
+            if rope is not None:
+                raise ValueError("rope applies to self-attention; cross-attention has no "
+                                 "shared position axis")
+            if cache is not None and not isinstance(cache, KVCache):
+                raise TypeError("cross-attention caches the projected context in a KVCache")
+            q = self._split(self.q_proj(x), self.n_heads)  # (B, H, L, Dh)
+            if cache is not None and cache.pos > 0:  # context already projected and cached
+                k, v = cache.k[:, :, :cache.pos], cache.v[:, :, :cache.pos]
+                return self._attend(q, k, v, mask, score_mod, return_weights, backend)
+            if context is None:
+                raise ValueError("cross-attention needs context=(B, Lc, context_dim)")
+            k, v = self.kv_proj(context).chunk(2, dim=-1)  # 2 × (B, Lc, Hkv·Dh)
+        else:
+            if context is not None:
+                raise ValueError("context given to a self-attention layer; build it with "
+                                 "is_cross=True for cross-attention")
+            q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+            q, k, v = self.qkv(x).split([q_dim, kv_dim, kv_dim], dim=-1)
+            q = self._split(q, self.n_heads)  # (B, H, L, Dh)
+        k = self._split(k, self.n_kv_heads)  # (B, Hkv, Lk, Dh)
+        v = self._split(v, self.n_kv_heads)  # (B, Hkv, Lk, Dh)
+
+        if rope is not None:
+            if positions is None:
+                start = cache.pos if cache is not None else 0
+                positions = torch.arange(start, start + L, device=x.device)
+            q, k = rope(q, k, positions)
+        if cache is not None:
+            k, v = cache.update(k, v)  # (B, Hkv, Lcached + L, Dh)
+
+        return self._attend(q, k, v, mask, score_mod, return_weights, backend)
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: MaskArg, score_mod: ScoreMod | None,
+                return_weights: bool, backend: str) -> Tensor | tuple[Tensor, Tensor]:
+        """Heads ``(B, H, Lq, Dh)`` × ``(B, Hkv, Lk, Dh)`` -> merged, projected ``(B, Lq, d)``."""
+        res = attend(q, k, v, mask=mask, score_mod=score_mod,
+                     dropout_p=self.attn_dropout if self.training else 0.0,
+                     backend=backend, return_weights=return_weights)
+        o, w = res if return_weights else (res, None)  # o: (B, H, Lq, Dh)
+        out = self.resid_drop(self.out_proj(self._merge(o)))  # (B, Lq, d_model)
+        return (out, w) if return_weights else out
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "
+                f"head_dim={self.head_dim}, cross={self.is_cross}")
