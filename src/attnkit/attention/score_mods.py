@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -32,6 +32,13 @@ class ScoreMod:
     additive: bool = False  # fn(s, ...) == s + bias(b, h, q, kv)
     batch_dependent: bool = False
     head_dependent: bool = True
+    params: tuple[Tensor, ...] = field(default=(), repr=False)  # tensors fn reads (may be learned)
+
+    @property
+    def requires_grad(self) -> bool:
+        """True when a tensor the modifier reads needs a gradient (``attend`` then treats the
+        call as needing a backward, so backends without one for score_mod inputs decline)."""
+        return any(p.requires_grad for p in self.params)
 
     def __call__(self, score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         return self.fn(score, b, h, q_idx, kv_idx)
@@ -95,7 +102,8 @@ def alibi(num_heads: int, slopes: Tensor | None = None, *, symmetric: bool = Fal
         d = -(q - kv).abs() if symmetric else kv - q
         return score + (s[h] * d).to(score.dtype)
 
-    return ScoreMod(fn, f"alibi({num_heads}{',sym' if symmetric else ''})", additive=True)
+    return ScoreMod(fn, f"alibi({num_heads}{',sym' if symmetric else ''})", additive=True,
+                    params=(S,))
 
 
 def softcap(cap: float) -> ScoreMod:
@@ -122,4 +130,5 @@ def bias_from_tensor(bias: Tensor) -> ScoreMod:
         return score + t[bb, hh, q - off, kv].to(score.dtype)
 
     return ScoreMod(fn, f"bias{tuple(bias.shape)}", additive=True,
-                    batch_dependent=bias.shape[0] > 1, head_dependent=bias.shape[1] > 1)
+                    batch_dependent=bias.shape[0] > 1, head_dependent=bias.shape[1] > 1,
+                    params=(bias,))
