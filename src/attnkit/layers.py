@@ -102,7 +102,8 @@ class BlockConfig:
     """Hyper-parameters of one :class:`TransformerBlock`.
 
     ``d_ff`` defaults to ``4·d_model`` (use ``≈ 8/3·d_model`` for SwiGLU at equal parameters);
-    ``bias`` applies to every Linear and LayerNorm; ``dropout`` is the residual / FFN dropout.
+    ``bias`` applies to every Linear and LayerNorm; ``dropout`` is the residual / FFN dropout;
+    ``attn_scale`` multiplies ``q kᵀ`` in every attention (default ``1/√head_dim``; T5: 1.0).
     """
 
     d_model: int
@@ -118,6 +119,7 @@ class BlockConfig:
     bias: bool = True
     cross_attention: bool = False
     head_dim: int | None = None
+    attn_scale: float | None = None
 
     def __post_init__(self) -> None:
         if self.d_ff is None:
@@ -143,7 +145,7 @@ class TransformerBlock(nn.Module):
             return MultiHeadAttention(
                 d, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, qkv_bias=cfg.bias,
                 out_bias=cfg.bias, attn_dropout=cfg.attn_dropout, resid_dropout=cfg.dropout,
-                is_cross=cross)
+                is_cross=cross, scale=cfg.attn_scale)
 
         self.norm1 = make_norm(cfg.norm, d, cfg.norm_eps, cfg.bias)
         self.attn = attn(False)

@@ -44,6 +44,8 @@ class MultiHeadAttention(nn.Module):
         resid_dropout: dropout on the output (training only).
         is_cross: cross-attention (keys/values from ``context``).
         context_dim: width of ``context`` for cross-attention; default ``d_model``.
+        scale: multiplier on ``q kᵀ``; default ``1/√Dh``. T5 uses ``1.0`` (its initialisation
+            absorbs the factor, Raffel et al. 2020).
     """
 
     def __init__(
@@ -59,6 +61,7 @@ class MultiHeadAttention(nn.Module):
         resid_dropout: float = 0.0,
         is_cross: bool = False,
         context_dim: int | None = None,
+        scale: float | None = None,
     ):
         super().__init__()
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
@@ -80,6 +83,7 @@ class MultiHeadAttention(nn.Module):
             d_model, n_heads, n_kv_heads, head_dim)
         self.is_cross = is_cross
         self.attn_dropout = attn_dropout
+        self.scale = scale
         q_dim, kv_dim = n_heads * head_dim, n_kv_heads * head_dim
         if is_cross:
             self.q_proj = nn.Linear(d_model, q_dim, bias=qkv_bias)
@@ -184,7 +188,7 @@ class MultiHeadAttention(nn.Module):
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: MaskArg, score_mod: ScoreMod | None,
                 return_weights: bool, backend: str) -> Tensor | tuple[Tensor, Tensor]:
         """Heads ``(B, H, Lq, Dh)`` × ``(B, Hkv, Lk, Dh)`` -> merged, projected ``(B, Lq, d)``."""
-        res = attend(q, k, v, mask=mask, score_mod=score_mod,
+        res = attend(q, k, v, mask=mask, score_mod=score_mod, scale=self.scale,
                      dropout_p=self.attn_dropout if self.training else 0.0,
                      backend=backend, return_weights=return_weights)
         o, w = res if return_weights else (res, None)  # o: (B, H, Lq, Dh)

@@ -1,0 +1,186 @@
+"""Shared plumbing for Hugging Face checkpoint directories.
+
+A checkpoint directory holds ``config.json`` and the weights as ``model.safetensors`` (or shards
+listed in ``model.safetensors.index.json``). Weights are only ever read with ``safetensors``:
+pickle files (``pytorch_model.bin``) can execute code on load and are refused.
+
+Family converters (GPT-2, LLaMA, BERT, T5, ...) follow one recipe::
+
+    hf_cfg = read_config(directory)                # dict, model_type checked by the caller
+    state = load_state(directory)                  # {name: tensor}, nothing executed
+    state = drop_keys(state, [r"\\.attn\\.bias$"])  # buffers older exports carry
+    check_keys(expected_shapes, state, "GPT-2")    # one ValueError listing every problem
+    ...copy into the model...
+    write_checkpoint(directory, config_dict, tensors)   # atomic: temp dir, then rename
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+__all__ = [
+    "CONFIG_NAME", "WEIGHTS_NAME", "INDEX_NAME", "read_config", "load_state", "drop_keys",
+    "check_keys", "write_checkpoint", "dtype_name", "incompatible", "require",
+]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+_PICKLE_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.bin")
+_MAX_LISTED = 50
+
+
+def read_config(directory: str | Path) -> dict[str, Any]:
+    """``directory/config.json`` as a dict (clear errors for a missing or broken file)."""
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise ValueError(f"no {CONFIG_NAME} in {directory}; expected a Hugging Face checkpoint "
+                         f"directory (config.json + model.safetensors)")
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(cfg).__name__}")
+    return cfg
+
+
+def _shard_files(directory: Path) -> list[Path]:
+    """Shard files named by ``model.safetensors.index.json``, which must stay in ``directory``."""
+    index = json.loads((directory / INDEX_NAME).read_text())
+    names = sorted(set(index.get("weight_map", {}).values()))
+    if not names:
+        raise ValueError(f"{directory / INDEX_NAME} has an empty weight_map")
+    for n in names:
+        if Path(n).name != n or not n.endswith(".safetensors"):
+            raise ValueError(f"{INDEX_NAME} names shard {n!r}: shards must be *.safetensors "
+                             f"files inside the checkpoint directory")
+    return [directory / n for n in names]
+
+
+def load_state(directory: str | Path) -> dict[str, Tensor]:
+    """All tensors of ``model.safetensors`` or of the shards in ``model.safetensors.index.json``
+    (on CPU, in their stored dtype). Never unpickles anything."""
+    d = Path(directory)
+    if (d / WEIGHTS_NAME).is_file():
+        return load_file(d / WEIGHTS_NAME)
+    if (d / INDEX_NAME).is_file():
+        state: dict[str, Tensor] = {}
+        for f in _shard_files(d):
+            if not f.is_file():
+                raise ValueError(f"shard {f.name} listed in {INDEX_NAME} is missing from {d}")
+            part = load_file(f)
+            dup = sorted(set(part) & set(state))
+            if dup:
+                raise ValueError(f"tensors {dup[:_MAX_LISTED]} appear in more than one shard")
+            state.update(part)
+        return state
+    pickles = [n for n in _PICKLE_NAMES if (d / n).exists()]
+    if pickles:
+        raise ValueError(
+            f"{d} has only pickle weights ({', '.join(pickles)}); attnkit reads safetensors "
+            f"only (pickle can run code on load). Convert once in a trusted environment, e.g. "
+            f"AutoModel.from_pretrained(d).save_pretrained(d, safe_serialization=True)")
+    raise ValueError(f"no {WEIGHTS_NAME} or {INDEX_NAME} in {d}")
+
+
+def drop_keys(state: Mapping[str, Tensor], patterns: Iterable[str]) -> dict[str, Tensor]:
+    """``state`` without the keys matching any regex in ``patterns`` (``re.search``)."""
+    regs = [re.compile(p) for p in patterns]
+    return {k: v for k, v in state.items() if not any(r.search(k) for r in regs)}
+
+
+def _listing(title: str, items: list[str]) -> str:
+    shown = items[:_MAX_LISTED]
+    more = f" ... and {len(items) - len(shown)} more" if len(items) > len(shown) else ""
+    return f"  {title} ({len(items)}): " + ", ".join(shown) + more
+
+
+def check_keys(expected: Mapping[str, tuple[int, ...] | torch.Size], got: Mapping[str, Tensor],
+               context: str, *, optional: Iterable[str] = ()) -> None:
+    """Compare a checkpoint against what a model needs; raise one ``ValueError`` listing every
+    missing key, unexpected key and shape mismatch (``name: expected (..), got (..)``).
+
+    ``expected`` maps checkpoint names to shapes; names in ``optional`` may be absent.
+    """
+    opt = set(optional)
+    missing = sorted(k for k in expected if k not in got and k not in opt)
+    unexpected = sorted(k for k in got if k not in expected)
+    shapes = sorted(
+        f"{k}: expected {tuple(expected[k])}, got {tuple(got[k].shape)}"
+        for k in expected if k in got and tuple(got[k].shape) != tuple(expected[k]))
+    if missing or unexpected or shapes:
+        lines = [f"{context}: the checkpoint does not match the model config"]
+        if missing:
+            lines.append(_listing("missing keys", missing))
+        if unexpected:
+            lines.append(_listing("unexpected keys", unexpected))
+        if shapes:
+            lines.append(_listing("shape mismatches", shapes))
+        raise ValueError("\n".join(lines))
+
+
+def require(config: Mapping[str, Any], keys: Iterable[str], context: str) -> None:
+    """Raise one ``ValueError`` naming every key of ``keys`` absent from ``config``."""
+    missing = [k for k in keys if config.get(k) is None]
+    if missing:
+        raise ValueError(f"{context}: config.json lacks required keys {missing}")
+
+
+def incompatible(context: str, problems: list[str]) -> None:
+    """Raise one ``ValueError`` listing every config incompatibility (no-op when empty)."""
+    if problems:
+        raise ValueError(f"{context}:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16 -> "bfloat16"`` (the spelling of HF ``config.json``)."""
+    return str(dtype).removeprefix("torch.")
+
+
+def write_checkpoint(directory: str | Path, config: Mapping[str, Any],
+                     tensors: Mapping[str, Tensor]) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` to ``directory``, atomically.
+
+    Both files are written into a fresh temp directory next to the target first. A new
+    ``directory`` is then created by one rename; into an existing one each file is moved with
+    ``os.replace`` (other files such as a tokenizer are kept; a stale shard index and its shards
+    are removed so loaders cannot pick them up). Tensors are copied to contiguous CPU storage
+    (safetensors refuses views sharing memory).
+    """
+    target = Path(directory)
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"{target} exists and is not a directory")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    data = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        save_file(data, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        (tmp / CONFIG_NAME).write_text(json.dumps(dict(config), indent=2, sort_keys=True) + "\n")
+        if not target.exists():
+            try:
+                tmp.rename(target)
+                return target
+            except OSError:  # created concurrently: fall through to the per-file path
+                pass
+        if (target / INDEX_NAME).is_file():
+            for shard in _shard_files(target):
+                shard.unlink(missing_ok=True)
+            (target / INDEX_NAME).unlink()
+        for name in (WEIGHTS_NAME, CONFIG_NAME):
+            os.replace(tmp / name, target / name)
+        return target
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

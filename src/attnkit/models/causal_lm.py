@@ -1,0 +1,307 @@
+"""Decoder-only causal language models: GPT-2, LLaMA, Mistral and friends as one module.
+
+    h_0  = E[x] (+ P[pos])                      token embedding (+ absolute positions)
+    h_l  = Block_l(h_{l-1})                     causal self-attention + FFN, l = 1..n_layers
+    p(x_{t+1} | x_{≤t}) = softmax(Norm(h_L) W_headᵀ)
+
+One :class:`CausalLMConfig` covers the family: positions are learned / sinusoidal tables added to
+the embeddings, RoPE applied to q and k, ALiBi added to the scores, or none; the blocks are any
+:class:`~attnkit.layers.BlockConfig` (LayerNorm/RMSNorm, GELU/SwiGLU, GQA, pre/post-norm).
+
+Masks (``q_idx`` in key coordinates, so the same mask serves the prefill and KV-cache steps)::
+
+    causal()                                  every query sees itself and the past
+    sliding_window(w - 1, 0)                  Mistral: the w most recent keys, itself included
+    & padding(key_mask=attention_mask)        left/right padding of a batch
+
+Left-padded batches get positions from the mask, ``cumsum(attention_mask) - 1`` (what HF
+``generate`` does), so a sequence's real tokens see the same positions with or without padding.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attnkit.attention import backends, masks
+from attnkit.attention.multihead import Cache, MultiHeadAttention
+from attnkit.attention.score_mods import alibi
+from attnkit.layers import ACTIVATIONS, BlockConfig, LayerNorm, RMSNorm
+from attnkit.models.config import ModelConfig
+from attnkit.models.stacks import TransformerStack
+from attnkit.positions import LearnedPositions, RotaryEmbedding, SinusoidalPositions
+
+__all__ = ["CausalLMConfig", "CausalLM", "CausalLMOutput"]
+
+POSITIONS = ("learned", "rope", "alibi", "sinusoidal", "none")
+
+
+@dataclass
+class CausalLMConfig(ModelConfig):
+    """Hyper-parameters of a :class:`CausalLM`.
+
+    ``vocab_size=0`` means "not set yet" (e.g. ``char-gpt``, whose vocabulary comes from the
+    data): the config is valid, building a model from it is not. ``n_kv_heads`` (GQA) defaults
+    to ``n_heads``; ``d_ff`` to ``4·d_model``; ``head_dim`` to ``d_model // n_heads``.
+    ``rope_scaling``: None or ``{"type": "linear" | "ntk", "factor": f}``.
+    ``sliding_window``: each query attends to the ``sliding_window`` most recent positions,
+    itself included (HF Mistral semantics). ``backend``: the :func:`~attnkit.attend` backend.
+    """
+
+    family: ClassVar[str] = "causal_lm"
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        # GPT-2 small (Radford et al. 2019): 124,439,808 parameters with the tied head.
+        "gpt2-small": dict(vocab_size=50257, max_seq_len=1024, d_model=768, n_layers=12,
+                           n_heads=12, d_ff=3072),
+        "gpt2-tiny": dict(vocab_size=256, max_seq_len=128, d_model=64, n_layers=2, n_heads=4,
+                          d_ff=256),
+        "llama-tiny": dict(vocab_size=256, max_seq_len=256, d_model=64, n_layers=2, n_heads=4,
+                           n_kv_heads=2, d_ff=176, position="rope", activation="swiglu",
+                           norm="rmsnorm", norm_eps=1e-6, bias=False, tie_embeddings=False),
+        # nanoGPT's Shakespeare-char recipe, scaled down; set vocab_size from the data.
+        "char-gpt": dict(vocab_size=0, max_seq_len=64, d_model=128, n_layers=4, n_heads=4,
+                         dropout=0.1),
+    }
+
+    vocab_size: int
+    max_seq_len: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int | None = None
+    d_ff: int | None = None
+    head_dim: int | None = None
+    position: str = "learned"
+    rope_base: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None
+    activation: str = "gelu_tanh"
+    norm: str = "layernorm"
+    norm_eps: float = 1e-5
+    norm_position: str = "pre"
+    bias: bool = True
+    dropout: float = 0.0
+    attn_dropout: float = 0.0
+    tie_embeddings: bool = True
+    sliding_window: int | None = None
+    backend: str = "auto"
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        for name in ("max_seq_len", "d_model", "n_layers", "n_heads"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
+        if not isinstance(self.vocab_size, int) or self.vocab_size < 0:
+            raise ValueError(f"vocab_size must be an int >= 0 (0 = not set), got "
+                             f"{self.vocab_size!r}")
+        if self.position not in POSITIONS:
+            raise ValueError(f"unknown position {self.position!r}; valid: {POSITIONS}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.activation!r}; valid: {ACTIVATIONS}")
+        if self.rope_scaling is not None:
+            rs = self.rope_scaling
+            if (not isinstance(rs, dict) or set(rs) != {"type", "factor"}
+                    or rs["type"] not in ("linear", "ntk")):
+                raise ValueError("rope_scaling must be None or {'type': 'linear' | 'ntk', "
+                                 f"'factor': f}}, got {rs!r}")
+        if self.sliding_window is not None and (
+                not isinstance(self.sliding_window, int) or self.sliding_window < 1):
+            raise ValueError(f"sliding_window must be None or a positive int, got "
+                             f"{self.sliding_window!r}")
+        if self.backend != "auto" and self.backend not in backends.NAMES:
+            raise ValueError(f"unknown backend {self.backend!r}; valid: 'auto', "
+                             f"{', '.join(backends.NAMES)}")
+        self.block_config()  # validates norm, norm_position, ...
+
+    @property
+    def resolved_head_dim(self) -> int:
+        return self.head_dim if self.head_dim is not None else self.d_model // self.n_heads
+
+    def block_config(self) -> BlockConfig:
+        return BlockConfig(
+            d_model=self.d_model, n_heads=self.n_heads, n_kv_heads=self.n_kv_heads,
+            d_ff=self.d_ff, activation=self.activation, norm=self.norm, norm_eps=self.norm_eps,
+            norm_position=self.norm_position, dropout=self.dropout,
+            attn_dropout=self.attn_dropout, bias=self.bias, head_dim=self.head_dim)
+
+
+@dataclass
+class CausalLMOutput:
+    """What :meth:`CausalLM.forward` returns."""
+
+    logits: Tensor  # (B, L, V)
+    loss: Tensor | None = None  # scalar: next-token cross-entropy when labels are given
+    hidden_states: list[Tensor] = field(default_factory=list)  # n_layers + 1 of (B, L, d)
+    attentions: list[Tensor] = field(default_factory=list)  # per layer (B, H, L, Lk)
+
+
+class CausalLM(nn.Module):
+    """Token embedding → positions → :class:`TransformerStack` → LM head (tied or not).
+
+    Init (GPT-2 / nanoGPT): every Linear and Embedding weight ~ N(0, init_std), biases 0,
+    norm gains 1; the two residual projections of each block (attention ``out_proj`` and FFN
+    ``w2``) ~ N(0, init_std / sqrt(2·n_layers)) so the residual stream's variance does not
+    grow with depth (GPT-2 paper, §2.3).
+    """
+
+    def __init__(self, config: CausalLMConfig):
+        super().__init__()
+        if config.vocab_size < 1:
+            raise ValueError("vocab_size is not set (0); build the config with e.g. "
+                             "CausalLMConfig.preset('char-gpt', vocab_size=65)")
+        self.config = c = config
+        self.tok_emb = nn.Embedding(c.vocab_size, c.d_model)
+        self.pos_emb: nn.Module | None = None
+        self.rope: RotaryEmbedding | None = None
+        self.score_mod = None
+        if c.position == "learned":
+            self.pos_emb = LearnedPositions(c.max_seq_len, c.d_model)
+        elif c.position == "sinusoidal":
+            self.pos_emb = SinusoidalPositions(c.d_model, c.max_seq_len)
+        elif c.position == "rope":
+            scaling = (None if c.rope_scaling is None
+                       else (c.rope_scaling["type"], float(c.rope_scaling["factor"])))
+            self.rope = RotaryEmbedding(c.resolved_head_dim, c.rope_base, scaling, c.max_seq_len)
+        elif c.position == "alibi":
+            self.score_mod = alibi(c.n_heads)
+        self.drop = nn.Dropout(c.dropout)
+        self.stack = TransformerStack(c.block_config(), c.n_layers,
+                                      final_norm=c.norm_position == "pre")
+        self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
+        self.reset_parameters()
+        if c.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        if c.backend != "auto":
+            for m in self.modules():
+                if isinstance(m, MultiHeadAttention):
+                    m.register_forward_pre_hook(self._backend_hook, with_kwargs=True)
+
+    def _backend_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        kwargs.setdefault("backend", self.config.backend)
+        return args, kwargs
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """GPT-2 init (see the class docstring)."""
+        std = self.config.init_std
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, 0.0, std)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, (LayerNorm, RMSNorm)):
+                nn.init.ones_(m.weight)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
+        resid_std = std / math.sqrt(2 * self.config.n_layers)
+        for layer in self.stack.layers:
+            nn.init.normal_(layer.attn.out_proj.weight, 0.0, resid_std)
+            nn.init.normal_(layer.ffn.w2.weight, 0.0, resid_std)
+
+    # ---- bookkeeping --------------------------------------------------------------------
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Distinct parameters (a tied head counts once). ``exclude_embeddings`` drops the
+        token table (and with it a tied head) and a learned position table."""
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            n -= self.tok_emb.weight.numel()
+            if isinstance(self.pos_emb, LearnedPositions):
+                n -= self.pos_emb.emb.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """Training FLOPs per token (forward + backward) at context ``seq_len``::
+
+            6·N + 12·n_layers·(n_heads·head_dim)·seq_len
+
+        (Kaplan et al. 2020; PaLM, Chowdhery et al. 2022, App. B). ``6N``: 2 FLOPs per
+        multiply-add, ×3 for forward + backward, over the N weights of matmuls — all
+        parameters except the embedding lookup tables, plus the LM head (counted even when tied,
+        as nanoGPT does). The second term is QKᵀ and AV; ``n_heads·head_dim == d_model`` in the
+        usual configs. It ignores the causal mask's halving, norms and softmax.
+        """
+        c = self.config
+        n = self.num_parameters(exclude_embeddings=True)
+        if c.tie_embeddings:
+            n += self.lm_head.weight.numel()
+        return 6 * n + 12 * c.n_layers * c.n_heads * c.resolved_head_dim * seq_len
+
+    def new_caches(self, batch: int, max_len: int, *, dtype: torch.dtype | None = None,
+                   device: torch.device | str | None = None) -> list[Cache]:
+        """One empty cache per layer for generation: :class:`KVCache` of ``max_len``
+        positions, or :class:`SlidingWindowCache` of ``sliding_window`` when it is set."""
+        w = self.config.sliding_window
+        return [layer.attn.new_cache(batch, max_len, window=w, dtype=dtype, device=device)
+                for layer in self.stack.layers]
+
+    # ---- forward ------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: Tensor,
+        *,
+        attention_mask: Tensor | None = None,
+        positions: Tensor | None = None,
+        caches: list[Cache] | None = None,
+        labels: Tensor | None = None,
+        return_weights: bool = False,
+        output_hidden_states: bool = False,
+    ) -> CausalLMOutput:
+        """Next-token logits for ``input_ids (B, L)``.
+
+        Args:
+            attention_mask: ``(B, Lt)`` bool or 0/1, True/1 = real token; ``Lt`` counts every
+                token seen so far, i.e. ``L`` without caches and ``caches[0].pos + L`` with.
+            positions: absolute positions ``(L,)`` or ``(B, L)``; default
+                ``cumsum(attention_mask) - 1`` with a mask, else ``past + arange(L)``.
+            caches: from :meth:`new_caches`, updated in place (use under ``torch.no_grad()``).
+            labels: ``(B, L)`` targets aligned with ``input_ids``; the loss is the mean
+                cross-entropy of ``logits[:, t]`` against ``labels[:, t + 1]`` (ignore -100).
+            return_weights: per-layer attention probabilities ``(B, H, L, Lk)``.
+            output_hidden_states: the input of every layer and the final (normed) output.
+        """
+        c = self.config
+        B, L = input_ids.shape
+        past = caches[0].pos if caches else 0
+        if caches is not None and len(caches) != c.n_layers:
+            raise ValueError(f"expected {c.n_layers} caches (one per layer), got {len(caches)}")
+
+        key_mask = None
+        if attention_mask is not None:
+            if attention_mask.shape != (B, past + L):
+                raise ValueError(
+                    f"attention_mask must be (B, past + L) = {(B, past + L)} (it covers every "
+                    f"token seen so far), got {tuple(attention_mask.shape)}")
+            key_mask = attention_mask.to(device=input_ids.device, dtype=torch.bool)
+        if positions is None:
+            if key_mask is not None:
+                positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
+            else:
+                positions = torch.arange(past, past + L, device=input_ids.device)
+
+        x = self.tok_emb(input_ids)  # (B, L, d)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(positions).to(x.dtype)
+        x = self.drop(x)
+
+        mask = (masks.causal() if c.sliding_window is None
+                else masks.sliding_window(c.sliding_window - 1, 0))
+        if key_mask is not None:
+            if caches is not None and c.sliding_window is not None:
+                # a SlidingWindowCache returns only the last min(past, w - 1) + L keys
+                key_mask = key_mask[:, past - min(past, c.sliding_window - 1):]
+            mask = mask & masks.padding(key_mask=key_mask)
+
+        out = self.stack(x, mask=mask, score_mod=self.score_mod, rope=self.rope,
+                         positions=positions, caches=caches,
+                         output_hidden_states=output_hidden_states, return_weights=return_weights)
+        logits = self.lm_head(out.hidden)  # (B, L, V)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(),
+                                   labels[:, 1:].flatten().to(logits.device), ignore_index=-100)
+        return CausalLMOutput(logits=logits, loss=loss, hidden_states=out.hidden_states,
+                              attentions=out.attentions)
