@@ -119,6 +119,7 @@ class BlockConfig:
     bias: bool = True
     cross_attention: bool = False
     head_dim: int | None = None
+    backend: str = "auto"
     attn_scale: float | None = None
 
     def __post_init__(self) -> None:
@@ -145,7 +146,7 @@ class TransformerBlock(nn.Module):
             return MultiHeadAttention(
                 d, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, qkv_bias=cfg.bias,
                 out_bias=cfg.bias, attn_dropout=cfg.attn_dropout, resid_dropout=cfg.dropout,
-                is_cross=cross, scale=cfg.attn_scale)
+                is_cross=cross, backend=cfg.backend, scale=cfg.attn_scale)
 
         self.norm1 = make_norm(cfg.norm, d, cfg.norm_eps, cfg.bias)
         self.attn = attn(False)

@@ -44,6 +44,8 @@ class MultiHeadAttention(nn.Module):
         resid_dropout: dropout on the output (training only).
         is_cross: cross-attention (keys/values from ``context``).
         context_dim: width of ``context`` for cross-attention; default ``d_model``.
+        backend: default :func:`~attnkit.attend` backend for this layer (a call may override it;
+            when weights are requested the reference path serves them).
         scale: multiplier on ``q kᵀ``; default ``1/√Dh``. T5 uses ``1.0`` (its initialisation
             absorbs the factor, Raffel et al. 2020).
     """
@@ -62,8 +64,10 @@ class MultiHeadAttention(nn.Module):
         is_cross: bool = False,
         context_dim: int | None = None,
         scale: float | None = None,
+        backend: str = "auto",
     ):
         super().__init__()
+        self.backend = backend
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
         if n_heads < 1 or n_kv_heads < 1:
             raise ValueError(f"n_heads and n_kv_heads must be >= 1, got {n_heads}, {n_kv_heads}")
@@ -132,7 +136,7 @@ class MultiHeadAttention(nn.Module):
         positions: Tensor | None = None,
         cache: Cache | None = None,
         return_weights: bool = False,
-        backend: str = "auto",
+        backend: str | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Attend from ``x (B, L, d_model)``.
 
@@ -186,8 +190,10 @@ class MultiHeadAttention(nn.Module):
         return self._attend(q, k, v, mask, score_mod, return_weights, backend)
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: MaskArg, score_mod: ScoreMod | None,
-                return_weights: bool, backend: str) -> Tensor | tuple[Tensor, Tensor]:
+                return_weights: bool, backend: str | None) -> Tensor | tuple[Tensor, Tensor]:
         """Heads ``(B, H, Lq, Dh)`` × ``(B, Hkv, Lk, Dh)`` -> merged, projected ``(B, Lq, d)``."""
+        if backend is None:
+            backend = "auto" if return_weights else self.backend
         res = attend(q, k, v, mask=mask, score_mod=score_mod, scale=self.scale,
                      dropout_p=self.attn_dropout if self.training else 0.0,
                      backend=backend, return_weights=return_weights)

@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnkit.attention.masks import Mask, padding
-from attnkit.attention.multihead import MultiHeadAttention
 from attnkit.layers import BlockConfig, LayerNorm
 from attnkit.models.config import ModelConfig
 from attnkit.models.stacks import TransformerStack
@@ -76,7 +75,8 @@ class BertConfig(ModelConfig):
         return BlockConfig(
             d_model=self.d_model, n_heads=self.n_heads, d_ff=self.d_ff,
             activation=self.activation, norm="layernorm", norm_eps=self.norm_eps,
-            norm_position="post", dropout=self.dropout, attn_dropout=self.attn_dropout)
+            norm_position="post", dropout=self.dropout, attn_dropout=self.attn_dropout,
+            backend=self.backend)
 
 
 # ---- outputs -------------------------------------------------------------------------------
@@ -195,16 +195,7 @@ class BertModel(nn.Module):
         self.embeddings = BertEmbeddings(cfg)
         self.encoder = TransformerStack(cfg.block(), cfg.n_layers, final_norm=False)
         self.pooler = nn.Linear(cfg.d_model, cfg.d_model) if add_pooler else None
-        for m in self.modules():
-            if isinstance(m, MultiHeadAttention):
-                m.register_forward_pre_hook(self._backend_hook, with_kwargs=True)
         self.apply(_init_weights)
-
-    def _backend_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        """Route every attention call to ``config.backend`` (weights always come from math)."""
-        if self.config.backend != "auto" and not kwargs.get("return_weights"):
-            kwargs = {**kwargs, "backend": self.config.backend}
-        return args, kwargs
 
     @staticmethod
     def attention_mask_to_mask(attention_mask: Tensor | None) -> Mask | None:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnkit.attention import backends, masks
-from attnkit.attention.multihead import Cache, MultiHeadAttention
+from attnkit.attention.multihead import Cache
 from attnkit.attention.score_mods import alibi
 from attnkit.layers import ACTIVATIONS, BlockConfig, LayerNorm, RMSNorm
 from attnkit.models.config import ModelConfig
@@ -126,7 +126,8 @@ class CausalLMConfig(ModelConfig):
             d_model=self.d_model, n_heads=self.n_heads, n_kv_heads=self.n_kv_heads,
             d_ff=self.d_ff, activation=self.activation, norm=self.norm, norm_eps=self.norm_eps,
             norm_position=self.norm_position, dropout=self.dropout,
-            attn_dropout=self.attn_dropout, bias=self.bias, head_dim=self.head_dim)
+            attn_dropout=self.attn_dropout, bias=self.bias, head_dim=self.head_dim,
+            backend=self.backend)
 
 
 @dataclass
@@ -175,14 +176,6 @@ class CausalLM(nn.Module):
         self.reset_parameters()
         if c.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
-        if c.backend != "auto":
-            for m in self.modules():
-                if isinstance(m, MultiHeadAttention):
-                    m.register_forward_pre_hook(self._backend_hook, with_kwargs=True)
-
-    def _backend_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        kwargs.setdefault("backend", self.config.backend)
-        return args, kwargs
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
