@@ -351,7 +351,9 @@ def global_tokens(indices: Sequence[int] | Tensor, length: int | None = None) ->
 
     def fn(b, h, q, kv):
         g = _on(G, kv)
-        return g[q.clamp(max=size - 1)] & (q < size) | g[kv.clamp(max=size - 1)] & (kv < size)
+        # q < 0 (Lq > Lk: queries before the first key) is no token: never global, no wrap-around
+        q_in = (q >= 0) & (q < size)
+        return g[q.clamp(0, size - 1)] & q_in | g[kv.clamp(max=size - 1)] & (kv < size)
 
     return Mask(fn, f"global_tokens({idx.tolist()[:4]}{'...' if idx.numel() > 4 else ''})")
 
@@ -413,7 +415,8 @@ def document(ids: Tensor) -> Mask:
 
     def fn(b, h, q, kv):
         t = _on(I, kv)
-        return t[b, q] == t[b, kv]
+        # q < 0 (Lq > Lk) sits before the key sequence: in no document (no wrap-around index)
+        return (t[b, q.clamp(min=0)] == t[b, kv]) & (q >= 0)
 
     return Mask(fn, "document", batch_dependent=True, batch_size=ids.shape[0])
 
