@@ -42,6 +42,7 @@ __all__ = [
 ]
 
 MaskFn = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+_DENSE_CACHE = 4  # whole dense matrices kept per Mask (they are reused call after call)
 
 
 def _on(t: Tensor, like: Tensor) -> Tensor:
@@ -152,15 +153,24 @@ class Mask:
         ``q_start``/``q_stop`` select a slice of query rows (local row indices), which is how
         block layouts are built without materialising the whole matrix at once.
         """
+        whole = q_start == 0 and q_stop in (None, q_len)
         q_stop = q_len if q_stop is None else q_stop
         nb, nh = self._dims(batch, heads)
+        key = ("dense", q_len, kv_len, nb, nh, str(device))
+        if whole and key in self._cache:
+            return self._cache[key]
         offset = kv_len - q_len
         b = torch.arange(nb, device=device).view(-1, 1, 1, 1)
         h = torch.arange(nh, device=device).view(1, -1, 1, 1)
         q = torch.arange(q_start + offset, q_stop + offset, device=device).view(1, 1, -1, 1)
         kv = torch.arange(kv_len, device=device).view(1, 1, 1, -1)
-        out = self.fn(b, h, q, kv)
-        return out.expand(nb, nh, q_stop - q_start, kv_len)
+        out = self.fn(b, h, q, kv).expand(nb, nh, q_stop - q_start, kv_len)
+        if whole:  # keep the most recent few whole matrices (patterns are immutable)
+            dense_keys = [k for k in self._cache if k[0] == "dense"]
+            for k in dense_keys[: max(0, len(dense_keys) - _DENSE_CACHE + 1)]:
+                del self._cache[k]
+            self._cache[key] = out
+        return out
 
     def block_layout(
         self,
