@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -13,7 +15,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
+# Tables stay readable when piped (rich would wrap them to 80 columns).
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 @app.callback()
@@ -37,13 +40,13 @@ def demo(
     if heads % kv_heads:
         raise typer.BadParameter(f"heads ({heads}) must be a multiple of kv_heads ({kv_heads})")
     rows = run_demo(seq_len, batch, heads, kv_heads, head_dim, device, seed)
-    table = Table(title=f"attnkit attention variants (N={seq_len}, device={device})")
-    for col in ("variant", "backend", "shape", "reference", "max |err|", "ms", "note"):
+    table = Table(title=f"attnkit attention variants — {rows[0].shape}, device={device}")
+    for col in ("variant", "backend", "reference", "max |err|", "ms", "note"):
         table.add_column(col, justify="right" if col in ("max |err|", "ms") else "left")
     for r in rows:
         err = "-" if r.max_err is None else f"{r.max_err:.1e}"
         ms = "-" if r.ms is None else f"{r.ms:.2f}"
-        table.add_row(r.variant, r.backend, r.shape, r.reference, err, ms, r.note)
+        table.add_row(r.variant, r.backend, r.reference, err, ms, r.note)
     console.print(table)
 
 

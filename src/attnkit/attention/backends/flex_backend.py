@@ -7,6 +7,7 @@ FlexAttention backward, so this backend serves CPU calls only when no gradient i
 from __future__ import annotations
 
 import functools
+import warnings
 
 import torch
 from torch import Tensor
@@ -55,8 +56,10 @@ def forward(q: Tensor, k: Tensor, v: Tensor, *, mask, score_mod, scale: float, d
     if score_mod is not None:
         f = score_mod.fn
         mod = f if offset == 0 else (lambda s, b, h, qi, kv: f(s, b, h, qi + offset, kv))
-    out = _kernel(q.device.type)(
-        q, k, v, score_mod=mod, block_mask=block_mask, scale=scale,
-        enable_gqa=k.shape[1] != Hq,
-    )
+    with warnings.catch_warnings():  # CPU runs eager on purpose (see _kernel); don't nag
+        warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+        out = _kernel(q.device.type)(
+            q, k, v, score_mod=mod, block_mask=block_mask, scale=scale,
+            enable_gqa=k.shape[1] != Hq,
+        )
     return out, None
