@@ -145,3 +145,21 @@ def test_train_tokenizer_dispatch():
     assert train_tokenizer("bpe", TEXTS[:3], 300).kind == "bpe"
     with pytest.raises(ValueError, match="unknown tokenizer kind"):
         train_tokenizer("sentencepiece", "abc")
+
+
+def test_loaded_tokenizer_json_with_fixed_padding_does_not_pad(tmp_path):
+    """A tokenizer.json saved with padding/truncation enabled (as some packaged models ship)
+    must still encode to exactly the text's tokens."""
+    from attnkit.data.tokenizers import load_tokenizer, train_wordpiece
+
+    tok = train_wordpiece(["the cat sat on the mat"] * 20, vocab_size=60)
+    tok.save(tmp_path)
+    import tokenizers as hf
+
+    raw = hf.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    raw.enable_padding(length=32)
+    raw.enable_truncation(max_length=32)
+    raw.save(str(tmp_path / "tokenizer.json"))
+    loaded = load_tokenizer(tmp_path)
+    assert loaded.encode("the cat") == tok.encode("the cat")
+    assert len(loaded.encode("the cat")) < 32

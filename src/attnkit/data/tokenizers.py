@@ -295,6 +295,10 @@ class HFTokenizer(Tokenizer):
     ``wordlevel`` from its model."""
 
     def __init__(self, tokenizer: hf.Tokenizer, special_tokens: dict[str, str] | None = None):
+        # A tokenizer.json may ship with fixed padding/truncation (e.g. to 128): batching is
+        # the batch sources' job, so encode() returns exactly the text's tokens.
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
         self.tok = tokenizer
         self.kind = json.loads(tokenizer.to_str())["model"]["type"].lower()
         specials = _guess_specials(tokenizer) if special_tokens is None else special_tokens

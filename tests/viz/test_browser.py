@@ -1,0 +1,284 @@
+"""End to end in a real browser: the explorer served by uvicorn, driven by headless Chromium.
+
+Needs Playwright for Python (``pip install playwright``: the wheel bundles its driver; no
+``playwright install`` — the test launches the system Chromium, Debian's ``chromium``). Without
+a browser the test is skipped locally and FAILS when the ``CI`` environment variable is set.
+Set ``ATTNKIT_SCREENSHOT_DIR`` to keep the screenshots.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from attnkit.data.tokenizers import train_wordpiece
+from attnkit.interop.hf import save_hf
+from attnkit.models import CausalLM, CausalLMConfig
+from attnkit.viz.capture import capture
+from attnkit.viz.loading import load_for_viz
+from attnkit.viz.web import export_html, html_for_notebook
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+CORPUS = ["The animal didn't cross the street because it was too tired.",
+          "The quick brown fox jumps over the lazy dog.",
+          "Attention lets every token look at every other token."] * 4
+TEXT = "The animal didn't cross the street because it was too tired"
+TOL = 1e-3
+
+# JS helpers evaluated in the page
+LINES_JS = """els => els.map(e => [+e.dataset.q, +e.dataset.k,
+                                   +e.getAttribute('stroke-opacity'), +e.dataset.weight])"""
+CELLS_JS = "els => els.map(e => [+e.dataset.q, +e.dataset.k, +e.dataset.weight])"
+
+
+def _unavailable(reason: str):
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} — CI is set, so the browser test must run")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as e:
+        _unavailable(f"Playwright for Python is not installed ({e}); pip install playwright")
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        _unavailable("no chromium on PATH (Debian: apt-get install -y chromium)")
+    pw = sync_playwright().start()
+    try:
+        b = pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, timeout=30_000)
+    except Exception as e:  # any launch failure means "no browser"
+        pw.stop()
+        _unavailable(f"chromium ({exe}) did not start: {e}")
+    yield b
+    b.close()
+    pw.stop()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny-lm")
+    tok = train_wordpiece(CORPUS, vocab_size=120)
+    torch.manual_seed(0)
+    save_hf(CausalLM(CausalLMConfig.preset("gpt2-tiny", vocab_size=tok.vocab_size)), d)
+    tok.save(d)
+    return load_for_viz(d)
+
+
+@pytest.fixture(scope="module")
+def server(tiny):
+    """uvicorn on a free port of 127.0.0.1, in a thread; yields the base URL."""
+    import uvicorn
+
+    from attnkit.viz.server import create_app
+
+    model, tok = tiny
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(create_app(model, tok), log_level="warning"))
+    th = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    th.start()
+    deadline = time.monotonic() + 20
+    while not srv.started:
+        if not th.is_alive() or time.monotonic() > deadline:
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    th.join(10)
+    sock.close()
+
+
+def _post(url: str, body: dict) -> dict:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.load(r)
+
+
+def _new_page(browser, errors: list[str]):
+    page = browser.new_page(viewport={"width": 1100, "height": 820})
+    page.set_default_timeout(15_000)
+    page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+    page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error"
+            else None)
+    return page
+
+
+def _screenshot(page, tmp_path: Path, name: str) -> Path:
+    out = page.screenshot(path=str(tmp_path / name), full_page=True)
+    assert out[:8] == b"\x89PNG\r\n\x1a\n"
+    extra = os.environ.get("ATTNKIT_SCREENSHOT_DIR")
+    if extra:
+        Path(extra).mkdir(parents=True, exist_ok=True)
+        (Path(extra) / name).write_bytes(out)
+    return tmp_path / name
+
+
+def _check_lines(page, matrix: torch.Tensor) -> list:
+    """Every pair at or above the page's threshold has exactly one line, whose opacity is
+    the weight; nothing below it is drawn."""
+    min_w = float(page.get_attribute("#lines", "data-min-weight"))
+    lines = page.eval_on_selector_all("#lines line", LINES_JS)
+    drawn = {(q, k): (op, w) for q, k, op, w in lines}
+    assert len(drawn) == len(lines), "duplicate lines"
+    for (q, k), (op, w) in drawn.items():
+        assert abs(op - float(matrix[q, k])) <= TOL, (q, k, op, float(matrix[q, k]))
+        assert abs(w - op) <= 1e-9
+    expected = {(q, k) for q in range(matrix.shape[0]) for k in range(matrix.shape[1])
+                if float(matrix[q, k]) >= min_w + TOL}
+    assert expected <= set(drawn)
+    assert all(float(matrix[q, k]) >= min_w - TOL for q, k in drawn)
+    return lines
+
+
+def test_explorer_in_chromium(browser, server, tiny, tmp_path):
+    model, tok = tiny
+    errors: list[str] = []
+    page = _new_page(browser, errors)
+    page.goto(server + "/")
+    page.wait_for_function("document.getElementById('model-info').textContent.includes('2 "
+                           "layers')")
+
+    # the server's validation message reaches the status line
+    page.fill("#text", "   ")
+    page.click("#show")
+    page.wait_for_selector("#status[data-state=error]")
+    assert "text is empty" in page.text_content("#status")
+    assert [e for e in errors if "422" not in e] == []  # the browser logs the 422 itself
+    errors.clear()
+
+    page.fill("#text", TEXT)
+    page.click("#show")
+    page.wait_for_selector("#status[data-state=ready]")
+
+    api = _post(server + "/api/attention", {"text": TEXT})
+    w = torch.tensor(api["kinds"]["self"]["weights"], dtype=torch.float64)  # (2, 4, L, L)
+    n = len(tok.encode(TEXT))
+    left = page.eval_on_selector_all('#lines .token[data-side="left"]',
+                                     "els => els.map(e => e.textContent)")
+    right = page.locator('#lines .token[data-side="right"]')
+    assert len(left) == n == len(api["tokens"]) and right.count() == n
+    assert left == api["tokens"]
+    assert [o.get_attribute("value") for o in page.locator("#kind option").all()] == ["self"]
+    assert page.locator("#layer option").count() == 2
+    assert page.locator("#head option").count() == 5  # all + 4 heads
+
+    # default: layer 0, all heads = mean over heads
+    assert page.input_value("#layer") == "0" and page.input_value("#head") == "all"
+    _check_lines(page, w[0].mean(0))
+
+    # one head of layer 1, then another head: the lines follow the API weights
+    page.select_option("#layer", "1")
+    page.select_option("#head", "2")
+    before = _check_lines(page, w[1, 2])
+    page.select_option("#head", "3")
+    after = _check_lines(page, w[1, 3])
+    assert before != after
+    assert "head 3" in page.text_content("#status")
+
+    # hover a query token: its lines are focused, every other line dimmed
+    q = 5
+    page.hover(f'#lines .token[data-side="left"][data-index="{q}"]')
+    page.wait_for_selector("#lines.has-focus")
+    state = page.eval_on_selector_all(
+        "#lines line", "els => els.map(e => [+e.dataset.q, e.classList.contains('focused'), "
+        "+getComputedStyle(e).opacity])")
+    assert any(f for _, f, _ in state)
+    for lq, focused, opacity in state:  # focused: its own lines; dimmed: every other line
+        assert focused == (lq == q)
+        assert (opacity == 1.0) if focused else (opacity < 0.2)
+    assert "focused" in page.get_attribute(
+        f'#lines .token[data-side="left"][data-index="{q}"]', "class")
+    assert page.text_content("#hover-info").startswith(f"“{api['tokens'][q]}”")
+    _screenshot(page, tmp_path, "explorer-lines.png")
+    page.mouse.move(1000, 10)
+    page.wait_for_selector("#lines:not(.has-focus)")
+    assert page.locator("#lines line.focused").count() == 0
+    assert page.eval_on_selector("#lines line", "e => +getComputedStyle(e).opacity") == 1.0
+
+    # heatmap: one cell per pair, values from the API, hover shows the value
+    page.select_option("#view", "heatmap")
+    assert page.is_hidden("#lines-view") and page.is_visible("#heatmap")
+    cells = page.eval_on_selector_all("#heatmap rect.cell", CELLS_JS)
+    assert len(cells) == n * n
+    for cq, ck, cw in cells:
+        assert abs(cw - float(w[1, 3, cq, ck])) <= TOL
+    page.hover('#heatmap rect.cell[data-q="7"][data-k="1"]')
+    assert page.text_content("#hover-info").endswith(f"{float(w[1, 3, 7, 1]):.4f}")
+    shot = _screenshot(page, tmp_path, "explorer-heatmap.png")
+    assert shot.stat().st_size > 5_000
+    assert errors == []
+
+    # the live server, asked without client-side path normalisation, keeps its source private
+    host, port = server.removeprefix("http://").split(":")
+    for raw in ("/static/../server.py", "/static/%2e%2e/server.py", "/static/..%2fserver.py"):
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        conn.request("GET", raw)
+        assert conn.getresponse().status == 404, raw
+        conn.close()
+
+
+def test_exported_file_renders_offline(browser, tiny, tmp_path):
+    model, tok = tiny
+    cap = capture(model, tok, TEXT)
+    path = export_html(cap, tmp_path / "snapshot.html")
+    errors: list[str] = []
+    page = _new_page(browser, errors)
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto(path.as_uri())
+    page.wait_for_selector("#status[data-state=ready]")
+    assert page.locator('#lines .token[data-side="left"]').count() == len(cap.tokens)
+    _check_lines(page, cap.weights["self"][0].double().mean(0))
+    assert page.is_disabled("#text") and page.is_disabled("#show")
+    assert page.is_visible("#embedded-note")
+    assert page.input_value("#text") == TEXT
+    assert all(u.startswith(("file:", "data:")) for u in requests), requests
+    _screenshot(page, tmp_path, "explorer-export.png")
+
+    # the notebook form: the same page inside <iframe srcdoc> (what IPython.display.HTML shows)
+    page.set_content(f"<!doctype html><html><body>{html_for_notebook(cap)}</body></html>")
+    frame = page.frame_locator("iframe")
+    frame.locator("#status[data-state=ready]").wait_for()
+    assert frame.locator('#lines .token[data-side="left"]').count() == len(cap.tokens)
+    assert errors == []
+
+
+def test_exported_seq2seq_switches_kinds(browser, tmp_path):
+    from attnkit.models import Seq2SeqConfig, Seq2SeqLM
+
+    tok = train_wordpiece(CORPUS, vocab_size=120)
+    cfg = Seq2SeqConfig.preset("t5-tiny", vocab_size=tok.vocab_size, dropout=0.0)
+    cap = capture(Seq2SeqLM(cfg).eval(), tok, "the quick brown fox", decoder_text="the dog")
+    errors: list[str] = []
+    page = _new_page(browser, errors)
+    page.goto(export_html(cap, tmp_path / "s2s.html").as_uri())
+    page.wait_for_selector("#status[data-state=ready]")
+    kinds = [o.get_attribute("value") for o in page.locator("#kind option").all()]
+    assert kinds == ["encoder", "decoder", "cross"]
+    page.select_option("#kind", "cross")
+    page.select_option("#head", "1")
+    side = 'els => els.map(e => e.textContent)'
+    assert page.eval_on_selector_all('#lines .token[data-side="left"]', side) == \
+        cap.decoder_tokens
+    assert page.eval_on_selector_all('#lines .token[data-side="right"]', side) == cap.tokens
+    _check_lines(page, cap.weights["cross"][0, 1].double())
+    assert errors == []
