@@ -93,5 +93,14 @@ def embed(
     console.print(cos)
 
 
+def _mount_subapps() -> None:
+    """Command groups that live with their feature: ``attnkit viz`` (plots, HTML, explorer)."""
+    from attnkit.viz.cli import app as viz_app
+
+    app.add_typer(viz_app, name="viz", help="Attention plots, HTML export and the explorer.")
+
+
+_mount_subapps()
+
 if __name__ == "__main__":  # pragma: no cover
     app()
