@@ -107,3 +107,33 @@ def test_rope_keeps_module_apply_and_dtype():
     assert rope(q, q, torch.arange(3))[0].dtype == torch.bfloat16
     with pytest.raises(ValueError, match="head_dim=8"):
         rope(torch.randn(1, 1, 2, 6), torch.randn(1, 1, 2, 6), torch.arange(2))
+
+
+@pytest.mark.parametrize("make", [lambda: SinusoidalPositions(8, max_len=4),
+                                  lambda: LearnedPositions(max_len=40, d_model=8)])
+def test_range_and_length_positions_equal_tensor_positions(make):
+    """A ``range`` (what CausalLM passes) and an int length select the same rows as a tensor."""
+    pe = make()
+    torch.testing.assert_close(pe(range(5, 21)), pe(torch.arange(5, 21)))
+    torch.testing.assert_close(pe(16), pe(torch.arange(16)))
+    assert pe(range(3, 3)).shape == (0, 8)
+
+
+def test_range_positions_grow_tables_and_are_checked():
+    pe = SinusoidalPositions(8, max_len=4)
+    assert pe(range(30, 40)).shape == (10, 8)  # the table grows from the range's bound
+    rope = RotaryEmbedding(8, max_len=4)
+    cos_r, sin_r = rope.cos_sin(range(10, 20), torch.float32)
+    cos_t, sin_t = rope.cos_sin(torch.arange(10, 20), torch.float32)
+    torch.testing.assert_close(cos_r, cos_t)
+    torch.testing.assert_close(sin_r, sin_t)
+    with pytest.raises(ValueError, match="count up by 1"):
+        pe(range(0, 10, 2))
+    with pytest.raises(ValueError, match="count up by 1"):
+        pe(range(-2, 3))
+    with pytest.raises(ValueError, match=">= 0"):
+        pe(torch.tensor([1, -1]))
+    with pytest.raises(ValueError, match="max_len=40"):
+        LearnedPositions(max_len=40, d_model=8)(range(35, 41))
+    with pytest.raises(TypeError, match="range"):
+        pe(torch.tensor([0.5]))

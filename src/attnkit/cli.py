@@ -8,6 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from attnkit.commands import convert_cmd, evaluate_cmd, finetune_cmd, generate_cmd, train_cmd
+
 app = typer.Typer(
     name="attnkit",
     help="Self-attention and the Transformers built on it: use it, read it, see it.",
@@ -22,6 +24,14 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 @app.callback()
 def _main() -> None:
     """attnkit command line."""
+
+
+# ---- workflows: attnkit.commands (one module per command) ----------------------------------
+app.command("train")(train_cmd)
+app.command("generate")(generate_cmd)
+app.command("evaluate")(evaluate_cmd)
+app.command("finetune")(finetune_cmd)
+app.command("convert")(convert_cmd)
 
 
 @app.command()

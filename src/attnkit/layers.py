@@ -172,7 +172,7 @@ class TransformerBlock(nn.Module):
         context_mask: MaskArg = None,
         score_mod: ScoreMod | None = None,
         rope: RopeFn | None = None,
-        positions: Tensor | None = None,
+        positions: Tensor | range | None = None,
         cache: Cache | None = None,
         cross_cache: Cache | None = None,
         return_weights: bool = False,
@@ -183,6 +183,12 @@ class TransformerBlock(nn.Module):
         ``context (B, Lc, d_model)``, ``context_mask`` and ``cross_cache`` to cross-attention.
         With ``return_weights`` the cross-attention weights are kept in ``last_cross_weights``.
         """
+        if (self.cfg.norm_position == "pre" and not self.cfg.cross_attention
+                and not return_weights and context is None and cross_cache is None):
+            # the common decoder / encoder layer, without the closures below
+            x = x + self.attn(self.norm1(x), mask=mask, score_mod=score_mod, rope=rope,
+                              positions=positions, cache=cache)
+            return x + self.ffn(self.norm2(x)), None
         weights: Tensor | None = None
 
         def self_attn(h: Tensor) -> Tensor:

@@ -9,7 +9,14 @@
   :mod:`attnkit.attention.score_mods` as :func:`alibi`.
 
 ``positions`` arguments are integer tensors of absolute positions, ``(L,)`` or ``(B, L)``;
-with a KV cache they start at ``cache.pos``.
+with a KV cache they start at ``cache.pos``. The modules also take an ``int`` length
+(``arange(length)``) or a ``range`` with step 1 (``range(past, past + L)``, what
+:class:`~attnkit.models.CausalLM` passes for its default positions): their bounds are known on
+the host, so no value check reads the device (no host sync; no graph break under
+``torch.compile``). A tensor's bounds cost one host sync (``aminmax``) where they are needed:
+to reject negative positions and grow the sinusoidal / RoPE tables, and for
+:class:`LearnedPositions`' friendly out-of-range error in eager mode only (compiled code skips
+it; the embedding lookup still rejects out-of-range indices).
 """
 
 from __future__ import annotations
@@ -25,17 +32,40 @@ __all__ = [
 ]
 
 
-def _as_positions(positions: Tensor | int, device: torch.device) -> Tensor:
-    """An int ``length`` becomes ``arange(length)``; a tensor is returned as a long tensor."""
+Positions = Tensor | int | range
+
+
+def _as_positions(positions: Positions, device: torch.device) -> tuple[Tensor, int | None]:
+    """``(long tensor of positions, end)``. An int ``length`` becomes ``arange(length)`` and a
+    ``range`` ``arange(start, stop)``, with ``end`` = largest position + 1 (0 when empty) known
+    on the host; a tensor is returned as a long tensor with ``end=None`` (see :func:`_end`)."""
     if isinstance(positions, int):
         if positions < 0:
             raise ValueError(f"length must be >= 0, got {positions}")
-        return torch.arange(positions, device=device)
+        return torch.arange(positions, device=device), positions
+    if isinstance(positions, range):
+        if positions.step != 1 or positions.start < 0:
+            raise ValueError(f"a range of positions must count up by 1 from >= 0, got "
+                             f"{positions!r}")
+        end = positions.stop if len(positions) else 0
+        return torch.arange(positions.start, positions.stop, device=device), end
     if not isinstance(positions, Tensor) or positions.dtype.is_floating_point:
-        raise TypeError(f"positions must be an int length or an integer tensor, got {positions!r}")
-    if positions.numel() and int(positions.min()) < 0:
+        raise TypeError(f"positions must be an int length, a range or an integer tensor, got "
+                        f"{positions!r}")
+    return positions.to(device=device, dtype=torch.long), None
+
+
+def _end(pos: Tensor, end: int | None) -> int:
+    """Largest position + 1 (0 when empty); for a tensor (``end`` None) this reads its bounds
+    with one host sync and rejects negative positions."""
+    if end is not None:
+        return end
+    if not pos.numel():
+        return 0
+    lo, hi = torch.stack(torch.aminmax(pos)).tolist()
+    if lo < 0:
         raise ValueError("positions must be >= 0")
-    return positions.to(device=device, dtype=torch.long)
+    return hi + 1
 
 
 class SinusoidalPositions(nn.Module):
@@ -64,9 +94,9 @@ class SinusoidalPositions(nn.Module):
         pe[:, 0::2], pe[:, 1::2] = angle.sin(), angle.cos()
         return pe.float()
 
-    def forward(self, positions: Tensor | int) -> Tensor:
-        pos = _as_positions(positions, self.pe.device)
-        need = int(pos.max()) + 1 if pos.numel() else 0
+    def forward(self, positions: Positions) -> Tensor:
+        pos, end = _as_positions(positions, self.pe.device)
+        need = _end(pos, end)
         if need > self.pe.shape[0]:
             self.pe = self._table(max(need, 2 * self.pe.shape[0]), self.pe.device)
         return self.pe[pos]
@@ -80,13 +110,15 @@ class LearnedPositions(nn.Module):
         self.max_len = max_len
         self.emb = nn.Embedding(max_len, d_model)
 
-    def forward(self, positions: Tensor | int) -> Tensor:
-        pos = _as_positions(positions, self.emb.weight.device)
-        if pos.numel() and int(pos.max()) >= self.max_len:
-            raise ValueError(
-                f"position {int(pos.max())} is beyond LearnedPositions max_len={self.max_len} "
-                f"(valid: 0..{self.max_len - 1}); learned tables cannot extrapolate"
-            )
+    def forward(self, positions: Positions) -> Tensor:
+        pos, end = _as_positions(positions, self.emb.weight.device)
+        if end is not None or not torch.compiler.is_compiling():
+            end = _end(pos, end)  # a tensor's bounds: one host sync, eager mode only
+            if end > self.max_len:
+                raise ValueError(
+                    f"position {end - 1} is beyond LearnedPositions max_len={self.max_len} "
+                    f"(valid: 0..{self.max_len - 1}); learned tables cannot extrapolate"
+                )
         return self.emb(pos)
 
 
@@ -151,10 +183,10 @@ class RotaryEmbedding(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)  # (n, D): same angle for j and j + D/2
         return emb.cos(), emb.sin()
 
-    def cos_sin(self, positions: Tensor | int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    def cos_sin(self, positions: Positions, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """Tables at ``positions`` ((L,) -> (L, D); (B, L) -> (B, 1, L, D)), cast to ``dtype``."""
-        pos = _as_positions(positions, self.inv_freq.device)
-        need = int(pos.max()) + 1 if pos.numel() else 0
+        pos, end = _as_positions(positions, self.inv_freq.device)
+        need = _end(pos, end)
         if need > self.cos_cached.shape[0]:
             self.cos_cached, self.sin_cached = self._tables(max(need, 2 * self.cos_cached.shape[0]))
         cos, sin = self.cos_cached[pos], self.sin_cached[pos]
@@ -162,7 +194,7 @@ class RotaryEmbedding(nn.Module):
             cos, sin = cos[:, None], sin[:, None]
         return cos.to(dtype), sin.to(dtype)
 
-    def apply(self, q, k: Tensor | None = None, positions: Tensor | int | None = None):
+    def apply(self, q, k: Tensor | None = None, positions: Positions | None = None):
         """Rotate ``q (B, Hq, L, D)`` and ``k (B, Hkv, L, D)`` at absolute ``positions``.
 
         (``apply(fn)`` with a single callable keeps ``nn.Module.apply`` semantics, so
@@ -179,7 +211,7 @@ class RotaryEmbedding(nn.Module):
         cos, sin = cos.to(q.device), sin.to(q.device)
         return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
 
-    def forward(self, q: Tensor, k: Tensor, positions: Tensor | int) -> tuple[Tensor, Tensor]:
+    def forward(self, q: Tensor, k: Tensor, positions: Positions) -> tuple[Tensor, Tensor]:
         return self.apply(q, k, positions)
 
     def extra_repr(self) -> str:

@@ -127,9 +127,8 @@ def test_seq2seq_cross_grid(tok, tmp_path):
 
 
 def test_attnkit_training_checkpoint(tok, tmp_path):
-    ckpt = pytest.importorskip("attnkit.train.checkpoint")
-    if not hasattr(ckpt, "save_checkpoint"):
-        pytest.skip("attnkit.train.checkpoint.save_checkpoint is not available yet")
+    from attnkit.train import checkpoint as ckpt
+
     torch.manual_seed(0)
     model = BertForMaskedLM(BertConfig.preset("bert-tiny", vocab_size=tok.vocab_size))
     ckpt.save_checkpoint(tmp_path / "ck", model, tokenizer=tok)

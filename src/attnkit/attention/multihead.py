@@ -15,19 +15,23 @@ keys/values from ``context`` separately.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnkit.attention.cache import KVCache, SlidingWindowCache
 from attnkit.attention.core import MaskArg, attend
+from attnkit.attention.masks import Mask
 from attnkit.attention.score_mods import ScoreMod
 
 __all__ = ["MultiHeadAttention", "RopeFn"]
 
 # rope(q (B,Hq,L,D), k (B,Hkv,L,D), positions (L,) | (B,L)) -> (q, k), e.g. RotaryEmbedding.
-RopeFn = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+# (CausalLM passes its default positions as a ``range``; RotaryEmbedding takes both.)
+RopeFn = Callable[[Tensor, Tensor, Tensor | range], tuple[Tensor, Tensor]]
 Cache = KVCache | SlidingWindowCache
 
 
@@ -133,7 +137,7 @@ class MultiHeadAttention(nn.Module):
         mask: MaskArg = None,
         score_mod: ScoreMod | None = None,
         rope: RopeFn | None = None,
-        positions: Tensor | None = None,
+        positions: Tensor | range | None = None,
         cache: Cache | None = None,
         return_weights: bool = False,
         backend: str | None = None,
@@ -146,8 +150,9 @@ class MultiHeadAttention(nn.Module):
                 ``(B, H, Lq, Lk)`` (True = may attend); rows bottom-right aligned with a cache.
             score_mod: e.g. ALiBi or a relative position bias (self-attention).
             rope: applied to q and k at ``positions`` before caching (self-attention only).
-            positions: absolute positions ``(L,)`` or ``(B, L)``; default
-                ``cache.pos + arange(L)`` (or ``arange(L)`` without cache).
+            positions: absolute positions ``(L,)`` or ``(B, L)`` (or a ``range``, passed on to
+                ``rope`` as is); default ``cache.pos + arange(L)`` (or ``arange(L)`` without
+                cache).
             cache: a :class:`KVCache` / :class:`SlidingWindowCache`, updated in place. For
                 cross-attention a :class:`KVCache` stores the projected context on the first
                 call and later calls reuse it (``context`` is then ignored).
@@ -194,9 +199,21 @@ class MultiHeadAttention(nn.Module):
         """Heads ``(B, H, Lq, Dh)`` × ``(B, Hkv, Lk, Dh)`` -> merged, projected ``(B, Lq, d)``."""
         if backend is None:
             backend = "auto" if return_weights else self.backend
+        dropout_p = self.attn_dropout if self.training else 0.0
+        if (backend == "auto" and score_mod is None and not return_weights
+                and 0.0 <= dropout_p < 1.0 and q.dtype == k.dtype == v.dtype
+                and (mask is None or (isinstance(mask, Mask) and mask.kind == "causal"
+                                      and q.shape[2] == k.shape[2]))):
+            # What attend(backend="auto") does for these calls (its sdpa backend, is_causal),
+            # without its per-call validation and dispatch: the heads come from this module's
+            # own projections, so the checks cannot fail.
+            scale = 1.0 / math.sqrt(q.shape[-1]) if self.scale is None else float(self.scale)
+            o = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p,
+                                               is_causal=mask is not None, scale=scale,
+                                               enable_gqa=k.shape[1] != q.shape[1])
+            return self.resid_drop(self.out_proj(self._merge(o)))
         res = attend(q, k, v, mask=mask, score_mod=score_mod, scale=self.scale,
-                     dropout_p=self.attn_dropout if self.training else 0.0,
-                     backend=backend, return_weights=return_weights)
+                     dropout_p=dropout_p, backend=backend, return_weights=return_weights)
         o, w = res if return_weights else (res, None)  # o: (B, H, Lq, Dh)
         out = self.resid_drop(self.out_proj(self._merge(o)))  # (B, Lq, d_model)
         return (out, w) if return_weights else out

@@ -140,6 +140,11 @@ class CausalLMOutput:
     attentions: list[Tensor] = field(default_factory=list)  # per layer (B, H, L, Lk)
 
 
+# One shared causal pattern, built once rather than per forward: a constant for
+# torch.compile. (Its caches are bounded: a few dense matrices, block layouts per shape.)
+_CAUSAL = masks.causal()
+
+
 class CausalLM(nn.Module):
     """Token embedding → positions → :class:`TransformerStack` → LM head (tied or not).
 
@@ -273,19 +278,21 @@ class CausalLM(nn.Module):
             if key_mask is not None:
                 positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
             else:
-                positions = torch.arange(past, past + L, device=input_ids.device)
+                # known on the host: the position modules check it without a device sync
+                # (and without a graph break under torch.compile)
+                positions = range(past, past + L)
 
         x = self.tok_emb(input_ids)  # (B, L, d)
         if self.pos_emb is not None:
             x = x + self.pos_emb(positions).to(x.dtype)
         x = self.drop(x)
 
-        mask = (masks.causal() if c.sliding_window is None
+        mask = (_CAUSAL if c.sliding_window is None
                 else masks.sliding_window(c.sliding_window - 1, 0))
         # An all-ones attention_mask (an unpadded batch, what tokenizers return) adds nothing:
         # keep the pure causal pattern so attend() takes SDPA's is_causal path instead of a
         # dense (B, 1, L, L) bool mask (CPU, per attention call: ~1.2x / 1.1x slower fwd /
-        # fwd+bwd at L=256, ~1.7x / 1.5x at L=1024). One host sync, as the position modules do.
+        # fwd+bwd at L=256, ~1.7x / 1.5x at L=1024). One host sync, only when a mask is given.
         if key_mask is not None and not bool(key_mask.all()):
             if caches is not None and c.sliding_window is not None:
                 # a SlidingWindowCache returns only the last min(past, w - 1) + L keys
@@ -298,7 +305,11 @@ class CausalLM(nn.Module):
         logits = self.lm_head(out.hidden)  # (B, L, V)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(),
-                                   labels[:, 1:].flatten().to(logits.device), ignore_index=-100)
+            # Shift the labels, not the logits: logits[:, t] against labels[:, t + 1], the last
+            # position ignored. Slicing logits[:, :-1] would copy (B, L-1, V) in the forward and
+            # zero-fill + copy (B, L, V) in the backward (large with a 50k vocabulary).
+            targets = F.pad(labels[:, 1:], (0, 1), value=-100)
+            loss = F.cross_entropy(logits.flatten(0, 1).float(),
+                                   targets.flatten().to(logits.device), ignore_index=-100)
         return CausalLMOutput(logits=logits, loss=loss, hidden_states=out.hidden_states,
                               attentions=out.attentions)

@@ -40,7 +40,9 @@ def _fail(msg: str, code: int = 1) -> typer.Exit:
 def viz(
     ctx: typer.Context,
     checkpoint: Annotated[Path | None, typer.Option(
-        "--checkpoint", "-c", help="attnkit training checkpoint or Hugging Face model "
+        "--checkpoint", "-c",
+        help="attnkit training checkpoint (or a run directory: its best/), or a "
+        "Hugging Face model "
         "directory (with its tokenizer). Required unless a subcommand is given.")] = None,
     text: Annotated[str, typer.Option("--text", "-t", help="Input text.")] = DEFAULT_TEXT,
     decoder_text: Annotated[str | None, typer.Option(

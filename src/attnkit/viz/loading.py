@@ -8,6 +8,9 @@ Two layouts are recognised by their ``config.json``:
 * a Hugging Face checkpoint directory: ``{"model_type": "gpt2" | "bert" | "t5" | ...}``,
   loaded with :func:`attnkit.interop.hf.load_hf`.
 
+A training run's output directory (what ``attnkit train --out DIR`` writes) stands for its
+``best/`` checkpoint, else its ``last/``.
+
 The tokenizer is looked for in the checkpoint's recorded tokenizer directory (attnkit), then in
 ``<dir>/tokenizer/`` and ``<dir>/`` itself (a ``tokenizer.json``, what ``Tokenizer.save`` and
 ``transformers`` write). Vision models (family ``vit``) need none and get ``None``.
@@ -74,6 +77,16 @@ def _find_tokenizer(d: Path, recorded: Path | None) -> Tokenizer:
         "model with tokenizer.save(directory), or pass tokenizer= to save_checkpoint")
 
 
+def _resolve_run_dir(d: Path) -> Path:
+    """A run's output directory (no ``config.json``, a ``best/`` or ``last/`` inside) -> that
+    checkpoint; anything else unchanged."""
+    if not (d / "config.json").is_file():
+        for sub in ("best", "last"):
+            if (d / sub / "config.json").is_file():
+                return d / sub
+    return d
+
+
 def load_for_viz(directory: str | Path, *, device: str = "cpu"
                  ) -> tuple[nn.Module, Tokenizer | None]:
     """``(model, tokenizer)`` from an attnkit training checkpoint or a Hugging Face directory.
@@ -81,7 +94,7 @@ def load_for_viz(directory: str | Path, *, device: str = "cpu"
     The model is on ``device`` in eval mode. The tokenizer is required (``FileNotFoundError``
     naming the places searched) except for vision models, which get ``None``.
     """
-    d = Path(directory).expanduser()
+    d = _resolve_run_dir(Path(directory).expanduser())
     kind = checkpoint_kind(d)
     recorded: Path | None = None
     if kind == "attnkit":

@@ -19,7 +19,9 @@ __all__ = ["serve_command"]
 def serve_command(
     ctx: typer.Context,
     checkpoint: Path | None = typer.Option(  # noqa: B008
-        None, "--checkpoint", "-c", help="attnkit training checkpoint or Hugging Face model "
+        None, "--checkpoint", "-c",
+        help="attnkit training checkpoint (or a run directory: its best/), or a "
+        "Hugging Face model "
         "directory with its tokenizer (also accepted before 'serve')."),
     host: str = typer.Option("127.0.0.1", help="Interface to bind; the default keeps the "
                              "server on this machine."),
