@@ -100,10 +100,12 @@ def _validate(q: Tensor, k: Tensor, v: Tensor, mask: MaskArg, score_mod, scale, 
     Bk, Hkv, Lk, Dk = k.shape
     if k.shape[:3] != v.shape[:3]:
         raise ValueError(
-            f"k and v must agree in (batch, heads, length): k {tuple(k.shape)} vs v {tuple(v.shape)}"
+            f"k and v must agree in (batch, heads, length): k {tuple(k.shape)} "
+            f"vs v {tuple(v.shape)}"
         )
     if Bk != B:
-        raise ValueError(f"batch mismatch: q has {B}, k/v have {Bk} (q {tuple(q.shape)}, k {tuple(k.shape)})")
+        raise ValueError(f"batch mismatch: q has {B}, k/v have {Bk} "
+                         f"(q {tuple(q.shape)}, k {tuple(k.shape)})")
     if Dk != D:
         raise ValueError(f"head_dim mismatch: q has D={D}, k has D={Dk}; q·k needs equal last dims")
     if Hkv == 0 or Hq % Hkv != 0:
@@ -126,7 +128,8 @@ def _validate(q: Tensor, k: Tensor, v: Tensor, mask: MaskArg, score_mod, scale, 
         )
     if isinstance(mask, Mask):
         if mask.batch_size is not None and mask.batch_size != B:
-            raise ValueError(f"mask {mask.name} was built for batch {mask.batch_size}, inputs have batch {B}")
+            raise ValueError(f"mask {mask.name} was built for batch {mask.batch_size}, "
+                             f"inputs have batch {B}")
     elif isinstance(mask, Tensor):
         if mask.dtype != torch.bool:
             raise TypeError(
@@ -140,10 +143,12 @@ def _validate(q: Tensor, k: Tensor, v: Tensor, mask: MaskArg, score_mod, scale, 
             ok = False
         if not ok:
             raise ValueError(
-                f"mask of shape {tuple(mask.shape)} does not broadcast to (B, Hq, Lq, Lk) = {target}"
+                f"mask of shape {tuple(mask.shape)} does not broadcast to "
+                f"(B, Hq, Lq, Lk) = {target}"
             )
     elif mask is not None:
-        raise TypeError(f"mask must be an attnkit Mask, a bool tensor or None, got {type(mask).__name__}")
+        raise TypeError("mask must be an attnkit Mask, a bool tensor or None, got "
+                        f"{type(mask).__name__}")
 
 
 def _request(q, k, v, mask, score_mod, dropout_p, return_weights) -> Request:
@@ -151,8 +156,9 @@ def _request(q, k, v, mask, score_mod, dropout_p, return_weights) -> Request:
     return Request(
         batch=B, q_heads=Hq, kv_heads=k.shape[1], q_len=Lq, kv_len=k.shape[2], head_dim=D,
         v_dim=v.shape[-1], device=q.device, dtype=q.dtype,
-        needs_grad=torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
-                                                 or _mod_requires_grad(score_mod)),
+        needs_grad=torch.is_grad_enabled() and (
+            q.requires_grad or k.requires_grad or v.requires_grad
+            or _mod_requires_grad(score_mod)),
         mask=mask, score_mod=score_mod, dropout_p=float(dropout_p), return_weights=return_weights,
     )
 
@@ -233,9 +239,11 @@ def attend(
             name = _choose(_request(q, k, v, mask, score_mod, dropout_p, return_weights)).backend
     else:
         if backend not in backends.NAMES:
-            raise ValueError(f"unknown backend {backend!r}; valid: 'auto', {', '.join(map(repr, backends.NAMES))}")
+            valid = ", ".join(map(repr, backends.NAMES))
+            raise ValueError(f"unknown backend {backend!r}; valid: 'auto', {valid}")
         name = backend
-        why_not = backends.get(name).supports(_request(q, k, v, mask, score_mod, dropout_p, return_weights))
+        req = _request(q, k, v, mask, score_mod, dropout_p, return_weights)
+        why_not = backends.get(name).supports(req)
         if why_not:
             raise ValueError(f"backend {name!r} cannot serve this call: {why_not}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)

@@ -268,7 +268,8 @@ def causal() -> Mask:
     return Mask(lambda b, h, q, kv: kv <= q, "causal", kind="causal")
 
 
-def padding(lengths: Tensor | Sequence[int] | None = None, *, key_mask: Tensor | None = None) -> Mask:
+def padding(lengths: Tensor | Sequence[int] | None = None, *,
+            key_mask: Tensor | None = None) -> Mask:
     """Key padding: from per-sequence ``lengths`` (B,) or a bool ``key_mask`` (B, Lk), True = real.
 
     Exactly one of the two must be given.
@@ -435,7 +436,8 @@ def from_dense(mask: Tensor) -> Mask:
     """Wrap an explicit bool matrix ``(B|1, H|1, Lq, Lk)`` as a pattern (query rows in local
     coordinates; only valid for the exact shape it was built for)."""
     if mask.dtype != torch.bool or mask.dim() != 4:
-        raise ValueError(f"from_dense expects a 4-D bool tensor, got {mask.dtype} {tuple(mask.shape)}")
+        raise ValueError(
+            f"from_dense expects a 4-D bool tensor, got {mask.dtype} {tuple(mask.shape)}")
     M = mask
     lq, lk = M.shape[-2:]
     off = lk - lq

@@ -40,7 +40,8 @@ class ScoreMod:
         call as needing a backward, so backends without one for score_mod inputs decline)."""
         return any(p.requires_grad for p in self.params)
 
-    def __call__(self, score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+    def __call__(self, score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor,
+                 kv_idx: Tensor) -> Tensor:
         return self.fn(score, b, h, q_idx, kv_idx)
 
     def __repr__(self) -> str:
@@ -59,7 +60,8 @@ class ScoreMod:
         return self.fn(scores, b, h, q, kv)
 
     def bias(self, q_len: int, kv_len: int, *, batch: int, heads: int,
-             device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+             device: torch.device | str | None = None,
+             dtype: torch.dtype = torch.float32) -> Tensor:
         """Materialise an additive modifier as a float bias ``(B|1, H|1, Lq, Lk)``."""
         if not self.additive:
             raise ValueError(f"{self.name} is not additive; it cannot be materialised as a bias")
@@ -71,7 +73,8 @@ class ScoreMod:
 
 def alibi_slopes(num_heads: int) -> Tensor:
     """ALiBi head slopes (Press et al. 2022): a geometric sequence starting at 2^(-8/n);
-    for non-power-of-two head counts, interleave from the next power of two (as in the paper's code).
+    for non-power-of-two head counts, interleave from the next power of two (as in the paper's
+    code).
     """
     if num_heads < 1:
         raise ValueError(f"num_heads must be >= 1, got {num_heads}")
@@ -116,7 +119,8 @@ def softcap(cap: float) -> ScoreMod:
 
 
 def bias_from_tensor(bias: Tensor) -> ScoreMod:
-    """An explicit additive bias ``(B|1, H|1, Lq, Lk)`` as a modifier (rows in local coordinates)."""
+    """An explicit additive bias ``(B|1, H|1, Lq, Lk)`` as a modifier (rows in local
+    coordinates)."""
     if bias.dim() != 4 or not bias.dtype.is_floating_point:
         raise ValueError(f"bias must be a 4-D float tensor, got {bias.dtype} {tuple(bias.shape)}")
     Bt = bias
