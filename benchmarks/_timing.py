@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import json
 import math
 import resource
+import shlex
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 __all__ = [
@@ -36,6 +38,9 @@ __all__ = [
     "rss_bytes",
     "fmt_bytes",
     "fmt_ms",
+    "command_line",
+    "total_line",
+    "write_json",
 ]
 
 
@@ -78,9 +83,10 @@ def measure_interleaved(
     case_budget_s: float = 30.0,
     after_warmup: Callable[[], None] | None = None,
 ) -> list[Timing]:
-    """Like :func:`measure` for several callables, sampled round-robin (A B A B ...), so slow
-    drift of the machine (thermal, other load) hits all of them alike and their ratios are
-    paired. ``case_budget_s`` applies per callable; one slow call stops every callable."""
+    """Like :func:`measure` for several callables, sampled round-robin with the first one
+    rotating (A B C, B C A, C A B, ...), so slow drift of the machine (thermal, other load) and
+    any cost of running right after another callable hit all of them alike and their ratios
+    are paired. ``case_budget_s`` applies per callable; one slow call stops every callable."""
     firsts: list[list[Any]] = [[] for _ in fns]
 
     def timed(i: int, n: int) -> float:
@@ -110,7 +116,8 @@ def measure_interleaved(
     stopped = ""
     repeats = max(1, repeats)
     for rnd in range(repeats):
-        for i in range(k):
+        for j in range(k):
+            i = (rnd + j) % k
             t = timed(i, inner[i])
             samples[i].append(t)
             spent += t * inner[i]
@@ -228,3 +235,29 @@ def fmt_ms(seconds: float | None) -> str:
     if ms < 100:
         return f"{ms:.2f}"
     return f"{ms:.1f}"
+
+
+# --- report plumbing shared by the scripts -------------------------------------------------
+
+
+def command_line(argv: list[str] | None, script: str) -> str:
+    """The command that reproduces this run: ``python SCRIPT ARGS`` (``sys.argv`` when the
+    script runs as a program, ``script`` + ``argv`` when ``main(argv)`` is called)."""
+    args = sys.argv if argv is None else [script, *argv]
+    return shlex.join(["python", *args])
+
+
+def total_line(meta: dict) -> str:
+    """The report's last line: total seconds, and whether the run was interrupted."""
+    tail = f"Total {meta.get('total_s', 0):.1f} s."
+    if meta.get("interrupted"):
+        tail += " INTERRUPTED: partial results."
+    return tail
+
+
+def write_json(path: str, result: dict) -> None:
+    """``{"meta": ..., "rows": [row as dict, ...]}`` to ``path`` (rows are dataclasses)."""
+    with open(path, "w") as f:
+        json.dump({"meta": result["meta"], "rows": [asdict(r) for r in result["rows"]]}, f,
+                  indent=2)
+    print(f"wrote {path}", file=sys.stderr)

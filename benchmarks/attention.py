@@ -26,13 +26,12 @@ import json
 import math
 import os
 import platform
-import shlex
 import subprocess
 import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -574,7 +573,7 @@ def finalize(cfg: argparse.Namespace) -> argparse.Namespace:
     """Fill quick-mode / derived defaults (idempotent)."""
     cfg = argparse.Namespace(**vars(cfg))
     if getattr(cfg, "command", None) is None:
-        cfg.command = shlex.join(["python", *sys.argv])
+        cfg.command = _timing.command_line(None, "")
     if cfg.seq_lens is None:
         cfg.seq_lens = list(QUICK_SEQ_LENS if cfg.quick else DEFAULT_SEQ_LENS)
     if cfg.repeats is None:
@@ -733,29 +732,19 @@ def render(result: dict) -> str:
                          f"(not softmax), max |out − SDPA| = {err:.3g}")
     if notes:
         out += ["", "Checks:", *notes]
-    tail = f"Total {meta.get('total_s', 0):.1f} s."
-    if meta.get("interrupted"):
-        tail += " INTERRUPTED: partial results."
-    out += ["", tail]
+    out += ["", _timing.total_line(meta)]
     return "\n".join(out)
-
-
-def to_json(result: dict) -> dict:
-    return {"meta": result["meta"], "rows": [asdict(r) for r in result["rows"]]}
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
-    cfg.command = shlex.join(["python", sys.argv[0] if argv is None else __file__,
-                              *(sys.argv[1:] if argv is None else argv)])
+    cfg.command = _timing.command_line(argv, "benchmarks/attention.py")
     if cfg.mem_worker is not None:
         return _mem_worker(cfg.mem_worker)
     result = run_benchmarks(cfg)
     print(render(result))
     if cfg.json:
-        with open(cfg.json, "w") as f:
-            json.dump(to_json(result), f, indent=2)
-        print(f"wrote {cfg.json}", file=sys.stderr)
+        _timing.write_json(cfg.json, result)
     return 1 if result["meta"].get("interrupted") else 0
 
 

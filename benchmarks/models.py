@@ -31,15 +31,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import platform
-import shlex
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -462,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
 def finalize(cfg: argparse.Namespace) -> argparse.Namespace:
     cfg = argparse.Namespace(**vars(cfg))
     if getattr(cfg, "command", None) is None:
-        cfg.command = shlex.join(["python", *sys.argv])
+        cfg.command = _timing.command_line(None, "")
     if cfg.repeats is None:
         cfg.repeats = 2 if cfg.quick else 5
     cfg.model_list = list(cfg.models)
@@ -601,27 +599,17 @@ def render(result: dict) -> str:
         for o in p["ops"]:
             out.append(f"| {o['op']} | {o['attnkit_ms']:.2f} ({o['attnkit_count']}) | "
                        f"{o['transformers_ms']:.2f} ({o['transformers_count']}) |")
-    tail = f"Total {meta.get('total_s', 0):.1f} s."
-    if meta.get("interrupted"):
-        tail += " INTERRUPTED: partial results."
-    out += ["", tail]
+    out += ["", _timing.total_line(meta)]
     return "\n".join(out)
-
-
-def to_json(result: dict) -> dict:
-    return {"meta": result["meta"], "rows": [asdict(r) for r in result["rows"]]}
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = build_parser().parse_args(argv)
-    cfg.command = shlex.join(["python", sys.argv[0] if argv is None else __file__,
-                              *(sys.argv[1:] if argv is None else argv)])
+    cfg.command = _timing.command_line(argv, "benchmarks/models.py")
     result = run_benchmarks(cfg)
     print(render(result))
     if cfg.json:
-        with open(cfg.json, "w") as f:
-            json.dump(to_json(result), f, indent=2)
-        print(f"wrote {cfg.json}", file=sys.stderr)
+        _timing.write_json(cfg.json, result)
     bad = result["meta"]["interrupted"] or any(r.status != "ok" for r in result["rows"])
     return 1 if bad else 0
 

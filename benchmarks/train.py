@@ -43,11 +43,9 @@ from __future__ import annotations
 import argparse
 import gc
 import inspect
-import json
 import math
 import os
 import platform
-import shlex
 import statistics
 import sys
 import tempfile
@@ -55,7 +53,7 @@ import time
 import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -640,7 +638,7 @@ def _gpu_key(name: str) -> str | None:
 def finalize(cfg: argparse.Namespace, device: torch.device) -> argparse.Namespace:
     cfg = argparse.Namespace(**vars(cfg))
     if getattr(cfg, "command", None) is None:
-        cfg.command = shlex.join(["python", *sys.argv])
+        cfg.command = _timing.command_line(None, "")
     cfg.variant_list = list(cfg.variants)
     if cfg.gpt2_variants is None:
         cfg.gpt2_variants = ["nanogpt", "attnkit-trainer"] + (
@@ -818,27 +816,17 @@ def render(result: dict) -> str:
                     "| op | self ms | calls/step |", "|---|---:|---:|"]
             out += [f"| {o['op']} | {o['self_cpu_ms']:.3f} | {o['calls_per_step']:g} |"
                     for o in r.profile]
-    tail = f"Total {meta.get('total_s', 0):.1f} s."
-    if meta.get("interrupted"):
-        tail += " INTERRUPTED: partial results."
-    out += ["", tail]
+    out += ["", _timing.total_line(meta)]
     return "\n".join(out)
-
-
-def to_json(result: dict) -> dict:
-    return {"meta": result["meta"], "rows": [asdict(r) for r in result["rows"]]}
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = build_parser().parse_args(argv)
-    cfg.command = shlex.join(["python", sys.argv[0] if argv is None else "benchmarks/train.py",
-                              *(sys.argv[1:] if argv is None else argv)])
+    cfg.command = _timing.command_line(argv, "benchmarks/train.py")
     result = run_benchmarks(cfg)
     print(render(result))
     if cfg.json:
-        with open(cfg.json, "w") as f:
-            json.dump(to_json(result), f, indent=2)
-        print(f"wrote {cfg.json}", file=sys.stderr)
+        _timing.write_json(cfg.json, result)
     bad = result["meta"]["interrupted"] or any(r.status != "ok" for r in result["rows"])
     return 1 if bad else 0
 

@@ -2,18 +2,9 @@
 ``python -m attnkit.cli`` and torchrun), with tiny models, a few steps and a small corpus."""
 
 import pytest
-import torch
 from _cli_util import TINY, cli
 
 from attnkit.data import builtin_documents
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")
