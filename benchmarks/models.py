@@ -1,14 +1,16 @@
 #!/usr/bin/env python
 """Benchmark whole attnkit models against Hugging Face ``transformers`` on the same weights.
 
-For each model — GPT-2 small shapes (``GPT2LMHeadModel`` vs :class:`attnkit.models.CausalLM`)
-and BERT-base shapes (``BertForMaskedLM`` or ``BertModel`` vs attnkit's) — this
+For each model — GPT-2 small shapes (``GPT2LMHeadModel`` vs :class:`attnkit.models.CausalLM`),
+BERT-base shapes (``BertForMaskedLM`` or ``BertModel`` vs attnkit's) and T5-small shapes
+(``T5ForConditionalGeneration`` vs :class:`attnkit.models.Seq2SeqLM`; HF's T5 has no SDPA
+path, so it runs its eager attention) — this
 
 1. builds the HF model from a config with random weights (nothing is downloaded; LayerNorm
    gains and biases are perturbed so they are not trivially 1 / 0), dropout 0 everywhere and
    ``attn_implementation="sdpa"`` (HF's fastest attention on CPU);
 2. ``save_pretrained(safe_serialization=True)`` to a temporary directory and loads it into
-   attnkit with the interop loaders (:func:`load_gpt2` / :func:`load_bert`);
+   attnkit with the interop loaders (:func:`load_gpt2` / :func:`load_bert` / :func:`load_t5`);
 3. checks the two agree: max |Δ| of the forward output (eval, no grad), and after one
    forward+backward (train mode, dropout 0, the same random cotangent on the output) the max
    |Δ| over every parameter gradient, relative to the largest gradient entry;
@@ -45,7 +47,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _timing  # noqa: E402
 
-MODELS = ("gpt2", "bert")
+MODELS = ("gpt2", "bert", "t5")
 MODES = ("fwd", "fwdbwd")
 MODE_TITLES = {"fwd": "fwd", "fwdbwd": "fwd+bwd"}
 DTYPES = {
@@ -57,6 +59,8 @@ DTYPES = {
 SHAPES = {
     "gpt2": dict(layers=12, d_model=768, heads=12, d_ff=3072, vocab=50257, batch=2, seq_len=256),
     "bert": dict(layers=12, d_model=768, heads=12, d_ff=3072, vocab=30522, batch=4, seq_len=128),
+    # T5-small: 6 + 6 layers; seq_len is the source length, the target is a quarter of it
+    "t5": dict(layers=6, d_model=512, heads=8, d_ff=2048, vocab=32128, batch=2, seq_len=256),
 }
 QUICK = dict(layers=2, batch=1, seq_len=64)
 FWD_TOL = {torch.float32: 1e-3, torch.bfloat16: 0.25}  # max |Δ output| flagged above this
@@ -79,7 +83,7 @@ class Timed:
 
 @dataclass
 class Row:
-    model: str  # "gpt2" | "bert"
+    model: str  # "gpt2" | "bert" | "t5"
     title: str  # e.g. "GPT-2 (GPT2LMHeadModel) B=2 L=256"
     mode: str  # "fwd" | "fwdbwd"
     attnkit: Timed | None
@@ -239,7 +243,50 @@ def build_bert(cfg, tmp: str) -> Pair:
                 grad_pairs, {"shape": s, "hf_class": hf_cls, "attnkit_class": type(ak).__name__})
 
 
-BUILDERS = {"gpt2": build_gpt2, "bert": build_bert}
+def build_t5(cfg, tmp: str) -> Pair:
+    transformers = _quiet_transformers()
+    from attnkit.interop.t5 import load_t5, weight_map
+
+    s = _shape(cfg, "t5")
+    hcfg = transformers.T5Config(
+        vocab_size=s["vocab"], d_model=s["d_model"], d_kv=s["d_model"] // s["heads"],
+        d_ff=s["d_ff"], num_layers=s["layers"], num_decoder_layers=s["layers"],
+        num_heads=s["heads"], dropout_rate=0.0, feed_forward_proj="relu",
+        tie_word_embeddings=True, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    torch.manual_seed(cfg.seed)
+    hf = transformers.T5ForConditionalGeneration(hcfg)
+    _perturb_vectors(hf, cfg.seed)
+    d = os.path.join(tmp, "t5")
+    hf.save_pretrained(d, safe_serialization=True)
+    ak = load_t5(d)
+    hf.to(cfg.torch_dtype)
+    ak.to(cfg.torch_dtype)
+    ids, am = _inputs(cfg, s["vocab"], s["batch"], s["seq_len"])
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    dec = torch.randint(1, s["vocab"], (s["batch"], max(1, s["seq_len"] // 4)), generator=g)
+
+    def hf_call():
+        return hf(input_ids=ids, attention_mask=am, decoder_input_ids=dec, use_cache=False).logits
+
+    def ak_call():
+        return ak(ids, am, decoder_input_ids=dec).logits
+
+    def grad_pairs():
+        hp, ap = dict(hf.named_parameters()), dict(ak.named_parameters())
+        out = []
+        for hnames, ours in weight_map(ak.config):
+            parts = [hp[n].grad if n in hp else None for n in hnames]
+            gh = None if any(p is None for p in parts) else torch.cat(parts, dim=0)
+            out.append((ours, ap[ours].grad, gh))
+        return out
+
+    return Pair(f"T5 (T5ForConditionalGeneration) B={s['batch']} Ls={s['seq_len']} "
+                f"Lt={dec.shape[1]}", hf, ak, hf_call, ak_call, grad_pairs,
+                {"shape": s, "hf_class": "T5ForConditionalGeneration",
+                 "attnkit_class": type(ak).__name__})
+
+
+BUILDERS = {"gpt2": build_gpt2, "bert": build_bert, "t5": build_t5}
 
 
 # ---- runners ----------------------------------------------------------------------------------
@@ -419,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
       help=f"smoke run: {QUICK['layers']} layers, B={QUICK['batch']}, L={QUICK['seq_len']}, "
       "2 repeats (widths and vocabularies stay real unless overridden)")
     a("--models", type=_csv(str, MODELS), default=list(MODELS),
-      help="comma list of gpt2,bert (default: both)")
+      help="comma list of gpt2,bert,t5 (default: all)")
     a("--modes", type=_csv(str, MODES), default=list(MODES),
       help="comma list of fwd,fwdbwd (default: both)")
     a("--bert-head", choices=("mlm", "none"), default="mlm",
@@ -429,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
         flag = k.replace("_", "-")
         a(f"--{flag}", type=int, default=None,
           help=f"override {k} for every model (defaults: GPT-2 "
-          f"{SHAPES['gpt2'][k]}, BERT {SHAPES['bert'][k]})")
+          f"{SHAPES['gpt2'][k]}, BERT {SHAPES['bert'][k]}, T5 {SHAPES['t5'][k]})")
     for m in MODELS:
         for k in ("batch", "seq_len", "layers"):
             a(f"--{m}-{k.replace('_', '-')}", dest=f"{m}_{k}", type=int, default=None,

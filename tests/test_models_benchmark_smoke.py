@@ -51,7 +51,8 @@ def test_models_benchmark_tiny_run(tmp_path, capsys):
     assert data["meta"]["hf_attn_implementation"] == "sdpa"
     rows = data["rows"]
     assert [(r["model"], r["mode"]) for r in rows] == [
-        ("gpt2", "fwd"), ("gpt2", "fwdbwd"), ("bert", "fwd"), ("bert", "fwdbwd")]
+        ("gpt2", "fwd"), ("gpt2", "fwdbwd"), ("bert", "fwd"), ("bert", "fwdbwd"), ("t5", "fwd"),
+        ("t5", "fwdbwd")]
     for r in rows:
         assert r["status"] == "ok", r["reason"]
         assert r["attnkit"]["ms"] > 0 and r["transformers"]["ms"] > 0 and r["ratio"] > 0

@@ -9,6 +9,7 @@ import torch
 
 from attnkit.attention import attend, backends, masks, score_mods
 from attnkit.attention.core import _request
+from attnkit.attention.relative_bias import RelativePositionBias
 from attnkit.attention.score_mods import ScoreMod
 
 
@@ -49,6 +50,9 @@ def _dead_cases(lq, lk):
         ("pattern+alibi", masks.padding([0, 3]) & masks.causal(), score_mods.alibi(4)),
         ("bias-minus-inf-row", None, score_mods.bias_from_tensor(bias)),
         ("softcap-dead", masks.padding([lk, 0]), score_mods.softcap(5.0)),
+        ("padding+t5-bias", masks.padding([lk, 0]),
+         RelativePositionBias(4, num_buckets=8, max_distance=16).score_mod()),
+        ("causal+bias-minus-inf-row", masks.causal(), score_mods.bias_from_tensor(bias)),
     ]
 
 
@@ -64,7 +68,7 @@ def _dead_rows(mask, score_mod, b, h, lq, lk):
 
 
 @pytest.mark.parametrize("lq,lk", [(8, 8), (5, 8)])
-@pytest.mark.parametrize("case", range(7), ids=lambda i: _dead_cases(8, 8)[i][0])
+@pytest.mark.parametrize("case", range(9), ids=lambda i: _dead_cases(8, 8)[i][0])
 @pytest.mark.parametrize("backend", backends.EXACT)
 def test_fully_masked_rows_are_zero(backend, case, lq, lk):
     _, mask, mod = _dead_cases(lq, lk)[case]
@@ -80,7 +84,7 @@ def test_fully_masked_rows_are_zero(backend, case, lq, lk):
 
 
 @pytest.mark.parametrize("lq,lk", [(8, 8), (5, 8)])
-@pytest.mark.parametrize("case", range(7), ids=lambda i: _dead_cases(8, 8)[i][0])
+@pytest.mark.parametrize("case", range(9), ids=lambda i: _dead_cases(8, 8)[i][0])
 @pytest.mark.parametrize("backend", backends.EXACT)
 def test_fully_masked_rows_have_finite_grads(backend, case, lq, lk):
     _, mask, mod = _dead_cases(lq, lk)[case]

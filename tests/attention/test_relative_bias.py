@@ -134,3 +134,39 @@ def test_bad_arguments(kwargs, match):
 def test_bucket_rejects_float_positions():
     with pytest.raises(ValueError, match="integer"):
         relative_position_bucket(torch.zeros(3), True, 32, 128)
+
+
+def test_score_mod_bias_reuse_rules():
+    """bias() hands back its last result for the same request only for per-forward mods."""
+    from attnkit.attention.score_mods import alibi, bias_from_tensor
+
+    rpb = RelativePositionBias(4, num_buckets=8, max_distance=16)
+    mod = rpb.score_mod()  # per forward: reused even while gradients flow into the table
+    a = mod.bias(5, 7, batch=1, heads=4)
+    assert mod.bias(5, 7, batch=1, heads=4) is a
+    assert mod.bias(5, 8, batch=1, heads=4) is not a  # another shape
+    assert rpb.score_mod().bias(5, 7, batch=1, heads=4) is not a  # another forward
+    (a.sum() + mod.bias(5, 7, batch=1, heads=4).sum()).backward()
+    torch.testing.assert_close(rpb.embedding.weight.grad, 2 * torch.autograd.grad(
+        rpb.score_mod().bias(5, 7, batch=1, heads=4).sum(), rpb.embedding.weight)[0])
+    with torch.no_grad():
+        rpb.embedding.weight.add_(1.0)  # an in-place update is a new request
+    b = mod.bias(5, 7, batch=1, heads=4)
+    torch.testing.assert_close(b, rpb.bias(5, 7))
+
+    al = alibi(4)  # long-lived: keeps nothing (the bias would outlive the forward pass)
+    assert al.bias(3, 3, batch=1, heads=4) is not al.bias(3, 3, batch=1, heads=4)
+    once = al.for_one_forward()
+    assert once.per_forward and not al.per_forward
+    assert once.bias(3, 3, batch=1, heads=4) is once.bias(3, 3, batch=1, heads=4)
+    keep = torch.tensor([[True, True, False]])
+    masked = once.bias(3, 3, batch=1, heads=4, mask=keep)
+    assert masked is once.bias(3, 3, batch=1, heads=4, mask=keep)
+    assert torch.isneginf(masked[..., 2]).all() and torch.isfinite(masked[..., :2]).all()
+    assert once.bias(3, 3, batch=1, heads=4, mask=keep.clone()) is not masked  # another mask
+    keep[0, 1] = False  # an in-place change to the mask is a new request
+    assert torch.isneginf(once.bias(3, 3, batch=1, heads=4, mask=keep)[..., 1]).all()
+    with torch.inference_mode():
+        t = torch.randn(1, 4, 3, 3)
+        inf = bias_from_tensor(t).for_one_forward()  # no version counter: never reused
+        assert inf.bias(3, 3, batch=1, heads=4) is not inf.bias(3, 3, batch=1, heads=4)

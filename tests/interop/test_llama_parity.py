@@ -6,7 +6,14 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from _causal_lm_parity import (
+    assert_matches_hf,
+    assert_round_trip,
+    assert_save_hf_export,
+    edit_weights,
+    perturbed,
+    reload_hf,
+)
 
 from attnkit.interop.hf import load_hf, save_hf
 from attnkit.interop.llama import load_llama, save_llama
@@ -15,7 +22,6 @@ from attnkit.models.causal_lm import CausalLM, CausalLMConfig
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
 
-TOL = dict(atol=1e-4, rtol=0)
 V = 101
 
 BASE = dict(vocab_size=V, hidden_size=32, intermediate_size=56, num_hidden_layers=2,
@@ -39,25 +45,7 @@ def _hf_model(model_type="llama", **kw):
     else:
         cfg = transformers.LlamaConfig(**{**BASE, **kw})
         m = transformers.LlamaForCausalLM(cfg)
-    with torch.no_grad():  # non-trivial norm gains and biases
-        for p in m.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return m.eval()
-
-
-def _reload_hf(directory):
-    return transformers.AutoModelForCausalLM.from_pretrained(
-        directory, attn_implementation="eager").eval()
-
-
-def _batch(B=3, L=11):
-    """Random ids with a left-padded row and a right-padded row."""
-    ids = torch.randint(0, V, (B, L))
-    mask = torch.ones(B, L, dtype=torch.long)
-    mask[1, :4] = 0
-    mask[2, 8:] = 0
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    return ids, mask, positions
+    return perturbed(m)
 
 
 @pytest.fixture(params=list(CONFIGS))
@@ -68,40 +56,17 @@ def hf_dir(request, tmp_path):
 
 @torch.no_grad()
 def test_logits_hidden_states_attentions_match(hf_dir):
-    ref = _reload_hf(hf_dir)
+    ref = reload_hf(hf_dir)
     ours = load_hf(hf_dir)
     assert ours.config.n_kv_heads == ref.config.num_key_value_heads
     assert ours.config.sliding_window == getattr(ref.config, "sliding_window", None)
-    ids, mask, pos = _batch()
-    want = ref(ids, attention_mask=mask, position_ids=pos, output_hidden_states=True,
-               output_attentions=True)
-    got = ours(ids, attention_mask=mask, output_hidden_states=True, return_weights=True)
-    real = mask.bool()  # padded query rows are arbitrary on both sides
-    torch.testing.assert_close(got.logits[real], want.logits[real], **TOL)
-    assert len(got.hidden_states) == len(want.hidden_states)
-    for g, w in zip(got.hidden_states, want.hidden_states, strict=True):
-        torch.testing.assert_close(g[real], w[real], **TOL)
-    assert len(got.attentions) == len(want.attentions)
-    for g, w in zip(got.attentions, want.attentions, strict=True):
-        assert g.shape == w.shape
-        torch.testing.assert_close(g.transpose(1, 2)[real], w.transpose(1, 2)[real], **TOL)
-    torch.testing.assert_close(ours(ids).logits, ref(ids).logits, **TOL)
+    assert_matches_hf(ours, ref, V)
 
 
-@torch.no_grad()
 def test_round_trip_is_exact_and_hf_loads_our_export(hf_dir, tmp_path):
-    ours = load_llama(hf_dir)
-    save_llama(ours, tmp_path / "out")
-    again = load_llama(tmp_path / "out")
-    a, b = ours.state_dict(), again.state_dict()
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert again.config == ours.config
-    ref = _reload_hf(tmp_path / "out")
+    ours, ref = assert_round_trip(load_llama, save_llama, hf_dir, tmp_path / "out", V)
     assert type(ref).__name__ == ("MistralForCausalLM" if ours.config.sliding_window
                                   else "LlamaForCausalLM")
-    ids = torch.randint(0, V, (2, 9))
-    torch.testing.assert_close(ref(ids).logits, ours(ids).logits, **TOL)
 
 
 @pytest.mark.parametrize("overrides", [dict(), dict(n_kv_heads=1, tie_embeddings=True),
@@ -109,19 +74,13 @@ def test_round_trip_is_exact_and_hf_loads_our_export(hf_dir, tmp_path):
 @torch.no_grad()
 def test_attnkit_model_exports_via_save_hf(tmp_path, overrides):
     m = CausalLM(CausalLMConfig.preset("llama-tiny", init_std=0.1, **overrides)).eval()
-    save_hf(m, tmp_path / "llama")
-    ref = _reload_hf(tmp_path / "llama")
-    ids = torch.randint(0, 256, (2, 10))
-    torch.testing.assert_close(ref(ids).logits, m(ids).logits, **TOL)
-    back = load_hf(tmp_path / "llama")
-    assert back.config == m.config
-    assert all(torch.equal(v, back.state_dict()[k]) for k, v in m.state_dict().items())
+    assert_save_hf_export(m, tmp_path / "llama", L=10)
 
 
 @torch.no_grad()
 def test_kv_cache_generation_matches_hf_generate(tmp_path):
     _hf_model(**CONFIGS["mistral-window"]).save_pretrained(tmp_path, safe_serialization=True)
-    ref, ours = _reload_hf(tmp_path), load_hf(tmp_path)
+    ref, ours = reload_hf(tmp_path), load_hf(tmp_path)
     prompt = torch.randint(0, V, (1, 5))
     want = ref.generate(prompt, max_new_tokens=8, do_sample=False, pad_token_id=0)
     ids, caches, step = prompt, ours.new_caches(1, 13), prompt
@@ -141,21 +100,16 @@ def small_dir(tmp_path):
     return tmp_path
 
 
-def _edit(directory, fn):
-    state = load_file(directory / "model.safetensors")
-    fn(state)
-    save_file(state, directory / "model.safetensors", metadata={"format": "pt"})
-
-
 def test_missing_key_is_named(small_dir):
-    _edit(small_dir, lambda s: s.pop("model.layers.0.self_attn.k_proj.weight"))
+    edit_weights(small_dir, lambda s: s.pop("model.layers.0.self_attn.k_proj.weight"))
     msg = r"missing keys \(1\): model\.layers\.0\.self_attn\.k_proj\.weight"
     with pytest.raises(ValueError, match=msg):
         load_llama(small_dir)
 
 
 def test_unexpected_key_is_named(small_dir):
-    _edit(small_dir, lambda s: s.update({"model.layers.0.self_attn.q_norm.weight": torch.ones(8)}))
+    edit_weights(small_dir,
+                 lambda s: s.update({"model.layers.0.self_attn.q_norm.weight": torch.ones(8)}))
     msg = r"unexpected keys \(1\): model\.layers\.0\.self_attn\.q_norm\.weight"
     with pytest.raises(ValueError, match=msg):
         load_llama(small_dir)
@@ -163,8 +117,8 @@ def test_unexpected_key_is_named(small_dir):
 
 def test_gqa_shape_mismatch_is_named(small_dir):
     # k_proj of a model with 4 KV heads where the config says 2
-    _edit(small_dir, lambda s: s.update({"model.layers.0.self_attn.k_proj.weight":
-                                         torch.zeros(32, 32)}))
+    edit_weights(small_dir, lambda s: s.update({"model.layers.0.self_attn.k_proj.weight":
+                                                torch.zeros(32, 32)}))
     with pytest.raises(ValueError, match=r"k_proj\.weight: expected \(16, 32\), got \(32, 32\)"):
         load_llama(small_dir)
 

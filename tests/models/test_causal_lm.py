@@ -279,3 +279,27 @@ def test_right_padding_and_mask_shape_error():
     torch.testing.assert_close(out[1, :4], m(ids[1:, :4]).logits[0], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="attention_mask"):
         m(ids, attention_mask=mask[:, :5])
+
+
+def test_alibi_bias_is_built_once_per_forward_and_matches_math(monkeypatch):
+    """ALiBi on the SDPA path: one materialised bias per forward pass, shared by the layers
+    (with the padding mask folded in once); the same numbers as the math backend."""
+    from attnkit.attention.multihead import MultiHeadAttention
+    from attnkit.attention.score_mods import ScoreMod
+
+    m = _model("gpt2-tiny", position="alibi")
+    calls = []
+    apply = ScoreMod.apply
+    monkeypatch.setattr(ScoreMod, "apply", lambda self, *a, **k: calls.append(1)
+                        or apply(self, *a, **k))
+    ids = torch.randint(0, m.config.vocab_size, (2, 12))
+    am = torch.ones(2, 12, dtype=torch.long)
+    am[0, :3] = 0
+    with torch.no_grad():
+        out = m(ids, attention_mask=am).logits
+        assert len(calls) == 1 and m.config.n_layers > 1
+        for mha in m.modules():
+            if isinstance(mha, MultiHeadAttention):
+                mha.backend = "math"
+        ref = m(ids, attention_mask=am).logits
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)

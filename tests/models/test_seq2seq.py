@@ -144,6 +144,36 @@ def test_t5_relative_bias_gets_gradients():
     assert m.decoder_bias.embedding.weight.grad.abs().sum() > 0
 
 
+def test_t5_bias_is_computed_once_per_stack_and_matches_per_layer_math(monkeypatch):
+    """On the SDPA path every layer of a stack shares one materialised relative bias (as T5
+    passes position_bias on); outputs and gradients equal the math backend, which applies the
+    bias inside each layer."""
+    import attnkit.attention.relative_bias as rb
+    from attnkit.attention.multihead import MultiHeadAttention
+
+    calls = []
+    bucket = rb.relative_position_bucket
+    monkeypatch.setattr(rb, "relative_position_bucket",
+                        lambda *a, **k: calls.append(1) or bucket(*a, **k))
+    m = Seq2SeqLM(_cfg())
+    ids, am, labels = _inputs()
+    out = m(ids, am, labels=labels)
+    assert len(calls) == 2  # encoder (2 layers) once, decoder self-attention (3 layers) once
+    out.loss.backward()
+    grads = {n: p.grad.clone() for n, p in m.named_parameters()
+             if "bias" in n and p.grad is not None}
+    for mha in m.modules():
+        if isinstance(mha, MultiHeadAttention):
+            mha.backend = "math"
+    m.zero_grad()
+    ref = m(ids, am, labels=labels)
+    torch.testing.assert_close(out.logits, ref.logits, atol=1e-5, rtol=1e-5)
+    ref.loss.backward()
+    assert {"encoder_bias.embedding.weight", "decoder_bias.embedding.weight"} <= set(grads)
+    for n, g in grads.items():
+        torch.testing.assert_close(g, dict(m.named_parameters())[n].grad, atol=1e-5, rtol=1e-4)
+
+
 def test_shift_right():
     labels = torch.tensor([[5, 6, -100, -100], [7, 8, 9, 10]])
     assert shift_right(labels, 0, 0).tolist() == [[0, 5, 6, 0], [0, 7, 8, 9]]

@@ -139,8 +139,11 @@ class RelativePositionBias(nn.Module):
 
         # params=(W,): ScoreMod.requires_grad then tells attend a backward is needed, so
         # backends that cannot differentiate into the table (CPU flex, blocked) decline.
+        # per_forward: a fresh modifier per call, so every layer of one forward pass shares
+        # one materialised bias on the SDPA path (as T5 passes position_bias layer to layer).
         return ScoreMod(fn, f"t5_bias(H={H},buckets={nb},max={md},bidir={bidir})",
-                        additive=True, head_dependent=True, params=(W,))
+                        additive=True, head_dependent=True, params=(W,), per_forward=True,
+                        finite=True)
 
     def bias(self, q_len: int, kv_len: int, *, device: torch.device | str | None = None) -> Tensor:
         """The bias ``(1, H, Lq, Lk)``; query row ``i`` sits at key position ``i + Lk - Lq``

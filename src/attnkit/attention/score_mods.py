@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -33,6 +33,11 @@ class ScoreMod:
     batch_dependent: bool = False
     head_dependent: bool = True
     params: tuple[Tensor, ...] = field(default=(), repr=False)  # tensors fn reads (may be learned)
+    # Built afresh for every forward pass (RelativePositionBias.score_mod()): its materialised
+    # bias may then be shared by all layers even while gradients flow into ``params``.
+    per_forward: bool = False
+    finite: bool = False  # an additive bias that never holds -inf (so it masks out nothing)
+    _last_bias: list = field(default_factory=list, repr=False)  # [(key, mask, bias)]: bias()
 
     @property
     def requires_grad(self) -> bool:
@@ -59,16 +64,52 @@ class ScoreMod:
         kv = torch.arange(kv_start, kv_start + lk, device=dev).view(1, 1, 1, -1)
         return self.fn(scores, b, h, q, kv)
 
+    def for_one_forward(self) -> ScoreMod:
+        """A copy that is ``per_forward``: within one forward pass its materialised bias is
+        computed once and shared by every layer. Do not keep it across passes."""
+        return replace(self, per_forward=True, _last_bias=[])
+
     def bias(self, q_len: int, kv_len: int, *, batch: int, heads: int,
-             device: torch.device | str | None = None,
-             dtype: torch.dtype = torch.float32) -> Tensor:
-        """Materialise an additive modifier as a float bias ``(B|1, H|1, Lq, Lk)``."""
+             device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
+             mask: Tensor | None = None) -> Tensor:
+        """Materialise an additive modifier as a float bias ``(B|1, H|1, Lq, Lk)``; with a bool
+        ``mask`` broadcastable to it, ``-inf`` where the mask is False (what SDPA takes).
+
+        A ``per_forward`` modifier (one built for a single forward pass, see
+        :meth:`for_one_forward`) keeps its last result and returns it again for the same
+        request: every layer of a model asks for the same bias, with the same mask tensor, in
+        one pass. A change to ``params`` or the mask (identity or version counter), grad mode
+        or inference mode is a new request. Long-lived modifiers keep nothing (a kept
+        ``(B, H, Lq, Lk)`` tensor would outlive the pass, and its graph a backward).
+        """
         if not self.additive:
             raise ValueError(f"{self.name} is not additive; it cannot be materialised as a bias")
         nb = batch if self.batch_dependent else 1
         nh = heads if self.head_dependent else 1
+        versions = _versions(self.params if mask is None else (*self.params, mask))
+        reuse = self.per_forward and versions is not None and not torch.compiler.is_compiling()
+        if reuse:
+            key = (q_len, kv_len, nb, nh, str(device), dtype, torch.is_grad_enabled(),
+                   torch.is_inference_mode_enabled(), versions)
+            if self._last_bias:
+                last_key, last_mask, last = self._last_bias[0]
+                if last_key == key and last_mask is mask:
+                    return last
         zeros = torch.zeros(nb, nh, q_len, kv_len, device=device, dtype=dtype)
-        return self.apply(zeros, offset=kv_len - q_len)
+        out = self.apply(zeros, offset=kv_len - q_len)
+        if mask is not None:
+            out = out.masked_fill(~mask, float("-inf"))
+        if reuse:
+            self._last_bias[:] = [(key, mask, out)]  # holding the mask keeps its identity valid
+        return out
+
+
+def _versions(tensors: tuple[Tensor, ...]) -> tuple[int, ...] | None:
+    """The tensors' in-place version counters; None when one has none (inference tensors)."""
+    try:
+        return tuple(t._version for t in tensors)
+    except RuntimeError:
+        return None
 
 
 def alibi_slopes(num_heads: int) -> Tensor:
@@ -106,7 +147,7 @@ def alibi(num_heads: int, slopes: Tensor | None = None, *, symmetric: bool = Fal
         return score + (s[h] * d).to(score.dtype)
 
     return ScoreMod(fn, f"alibi({num_heads}{',sym' if symmetric else ''})", additive=True,
-                    params=(S,))
+                    params=(S,), finite=bool(torch.isfinite(S).all()))
 
 
 def softcap(cap: float) -> ScoreMod:
@@ -135,4 +176,4 @@ def bias_from_tensor(bias: Tensor) -> ScoreMod:
 
     return ScoreMod(fn, f"bias{tuple(bias.shape)}", additive=True,
                     batch_dependent=bias.shape[0] > 1, head_dependent=bias.shape[1] > 1,
-                    params=(bias,))
+                    params=(bias,), finite=bool(torch.isfinite(bias).all()))

@@ -33,13 +33,13 @@ import torch
 from torch import Tensor, nn
 
 from attnkit.interop.common import (
-    check_keys,
     drop_keys,
-    dtype_name,
     incompatible,
+    load_fused,
     load_state,
     read_config,
-    write_checkpoint,
+    save_checkpoint,
+    split_fused,
 )
 from attnkit.models.bert import (
     BertConfig,
@@ -215,27 +215,14 @@ def load_bert(directory: str | Path, head: str | None = None, *,
         if word is not None and (dec.shape != word.shape or not torch.equal(dec, word)):
             raise ValueError(f"{ctx}: cls.predictions.decoder.weight differs from the word "
                              f"embeddings; attnkit BERT ties them (untied MLM unsupported)")
-    params = dict(model.named_parameters())
     rows = weight_map(model)
-    assert {o for _, o in rows} == set(params), "BERT weight map out of date"
-    expected: dict[str, tuple[int, ...]] = {}
-    for hf, ours in rows:
-        shape = tuple(params[ours].shape)
-        for n in hf:  # a fused tensor splits evenly into its parts along dim 0
-            expected[n] = (shape[0] // len(hf), *shape[1:])
     optional: list[str] = []
     if not strict:
-        optional = [n for n in expected if not n.startswith(("bert.", "embeddings.", "encoder.",
-                                                             "pooler."))]
-        state = {k: v for k, v in state.items() if k in expected}
-    check_keys(expected, state, ctx, optional=optional)
-    with torch.no_grad():
-        for hf, ours in rows:
-            if all(n in state for n in hf):
-                params[ours].copy_(torch.cat([state[n] for n in hf], dim=0))
-    if dtype is not None:
-        model.to(dtype)
-    return model.eval()
+        names = {n for hf, _ in rows for n in hf}
+        optional = [n for n in names if not n.startswith(("bert.", "embeddings.", "encoder.",
+                                                          "pooler."))]
+        state = {k: v for k, v in state.items() if k in names}
+    return load_fused(model, rows, state, ctx, family="BERT", dtype=dtype, optional=optional)
 
 
 def save_bert(model: BertLike, directory: str | Path, *,
@@ -250,12 +237,7 @@ def save_bert(model: BertLike, directory: str | Path, *,
     cfg = model.config
     if isinstance(model, BertForQuestionAnswering):  # HF sizes qa_outputs by num_labels
         cfg = cfg.replace(num_labels=2)
-    hf = config_to_hf(cfg, arch)
     params = dict(model.named_parameters())
-    tensors: dict[str, Tensor] = {}
-    for names, ours in weight_map(model):
-        for n, part in zip(names, params[ours].chunk(len(names), dim=0), strict=True):
-            tensors[n] = part
-    hf["dtype"] = dtype_name(params[weight_map(model)[0][1]].dtype)
-    hf.update(extra_config or {})
-    return write_checkpoint(directory, hf, tensors)
+    rows = weight_map(model)
+    return save_checkpoint(directory, config_to_hf(cfg, arch), split_fused(rows, params),
+                           dtype=params[rows[0][1]].dtype, extra_config=extra_config)

@@ -12,6 +12,11 @@ Family converters (GPT-2, LLaMA, BERT, T5, ...) follow one recipe::
     check_keys(expected_shapes, state, "GPT-2")    # one ValueError listing every problem
     ...copy into the model...
     write_checkpoint(directory, config_dict, tensors)   # atomic: temp dir, then rename
+
+Most families map each attnkit parameter to one or more HF tensors (``(hf_names, attnkit_name)``
+rows; several names are one fused parameter split along dim 0, like ``qkv``). For them
+:func:`load_fused` does the check-and-copy step and :func:`split_fused` +
+:func:`save_checkpoint` the saving.
 """
 
 from __future__ import annotations
@@ -21,17 +26,19 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch import Tensor
+from torch import Tensor, nn
 
 __all__ = [
     "CONFIG_NAME", "WEIGHTS_NAME", "INDEX_NAME", "read_config", "load_state", "drop_keys",
-    "check_keys", "write_checkpoint", "dtype_name", "incompatible", "require",
+    "check_keys", "write_checkpoint", "dtype_name", "incompatible", "require", "FusedRows",
+    "checked_params", "fused_shapes", "copy_fused", "split_fused", "finish_load", "load_fused",
+    "save_checkpoint",
 ]
 
 CONFIG_NAME = "config.json"
@@ -39,6 +46,10 @@ WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 _PICKLE_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.bin")
 _MAX_LISTED = 50
+
+#: ``(hf_names, attnkit_name)`` rows; several HF names are concatenated along dim 0
+FusedRows = Sequence[tuple[Sequence[str], str]]
+ModelT = TypeVar("ModelT", bound=nn.Module)
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:
@@ -184,3 +195,83 @@ def write_checkpoint(directory: str | Path, config: Mapping[str, Any],
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def checked_params(model: nn.Module, names: Iterable[str], family: str) -> dict[str, Tensor]:
+    """``model``'s parameters by name; asserts that ``names`` (the attnkit side of the family's
+    weight map) are exactly those parameters."""
+    params = dict(model.named_parameters())
+    assert set(names) == set(params), f"{family} weight map out of date"
+    return params
+
+
+def _part_rows(rows: int, parts: int, sizes: Sequence[int] | None) -> list[int]:
+    """Dim-0 sizes of the ``parts`` HF tensors of a ``rows``-row parameter."""
+    if parts == 1:
+        return [rows]
+    return list(sizes) if sizes is not None else [rows // parts] * parts
+
+
+def fused_shapes(rows: FusedRows, params: Mapping[str, Tensor],
+                 sizes: Sequence[int] | None = None) -> dict[str, tuple[int, ...]]:
+    """The HF shape of every name in ``rows``: a fused parameter splits along dim 0 into equal
+    parts, or into ``sizes`` rows when given (e.g. q, k, v under grouped-query attention)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for names, ours in rows:
+        shape = tuple(params[ours].shape)
+        for n, r in zip(names, _part_rows(shape[0], len(names), sizes), strict=True):
+            shapes[n] = (r, *shape[1:])
+    return shapes
+
+
+def copy_fused(params: Mapping[str, Tensor], rows: FusedRows,
+               state: Mapping[str, Tensor]) -> None:
+    """Copy each row's HF tensors, concatenated along dim 0, into its parameter (no autograd);
+    a row with a tensor absent from ``state`` keeps its current values."""
+    with torch.no_grad():
+        for names, ours in rows:
+            if all(n in state for n in names):
+                params[ours].copy_(torch.cat([state[n] for n in names], dim=0))
+
+
+def split_fused(rows: FusedRows, params: Mapping[str, Tensor],
+                sizes: Sequence[int] | None = None) -> dict[str, Tensor]:
+    """The HF tensors of ``params`` (the inverse of :func:`copy_fused`): each fused parameter is
+    split along dim 0 as in :func:`fused_shapes`."""
+    tensors: dict[str, Tensor] = {}
+    for names, ours in rows:
+        t = params[ours]
+        parts = t.split(_part_rows(t.shape[0], len(names), sizes)) if len(names) > 1 else [t]
+        tensors.update(zip(names, parts, strict=True))
+    return tensors
+
+
+def finish_load(model: ModelT, dtype: torch.dtype | None) -> ModelT:
+    """``model`` cast to ``dtype`` (when given) and switched to eval mode."""
+    if dtype is not None:
+        model.to(dtype)
+    return model.eval()
+
+
+def load_fused(model: ModelT, rows: FusedRows, state: Mapping[str, Tensor], context: str, *,
+               family: str, dtype: torch.dtype | None = None, sizes: Sequence[int] | None = None,
+               optional: Iterable[str] = ()) -> ModelT:
+    """Fill ``model`` from a normalised checkpoint ``state`` by its weight map ``rows``.
+
+    Checks that ``rows`` covers the model (see :func:`checked_params`), raises the
+    :func:`check_keys` error (with ``context``; names in ``optional`` may be absent), copies
+    with :func:`copy_fused` and returns the model via :func:`finish_load`.
+    """
+    params = checked_params(model, (o for _, o in rows), family)
+    check_keys(fused_shapes(rows, params, sizes), state, context, optional=optional)
+    copy_fused(params, rows, state)
+    return finish_load(model, dtype)
+
+
+def save_checkpoint(directory: str | Path, config: Mapping[str, Any],
+                    tensors: Mapping[str, Tensor], *, dtype: torch.dtype,
+                    extra_config: Mapping[str, Any] | None = None) -> Path:
+    """:func:`write_checkpoint` of ``config`` with ``"dtype"`` set to the weights' ``dtype``
+    and then ``extra_config`` merged in (its keys win, ``"dtype"`` included)."""
+    hf = {**config, "dtype": dtype_name(dtype), **(extra_config or {})}
+    return write_checkpoint(directory, hf, tensors)

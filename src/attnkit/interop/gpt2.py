@@ -29,13 +29,14 @@ from torch import Tensor
 
 from attnkit.interop.common import (
     check_keys,
+    checked_params,
     drop_keys,
-    dtype_name,
+    finish_load,
     incompatible,
     load_state,
     read_config,
     require,
-    write_checkpoint,
+    save_checkpoint,
 )
 from attnkit.models.causal_lm import CausalLM, CausalLMConfig
 
@@ -143,9 +144,8 @@ def load_gpt2(directory: str | Path, *, dtype: torch.dtype | None = None) -> Cau
     cfg = config_from_hf(read_config(directory))
     state = _normalise(load_state(directory), cfg.tie_embeddings)
     model = CausalLM(cfg)
-    params = dict(model.named_parameters())
     rows = weight_map(cfg)
-    assert {o for _, o, _ in rows} == set(params), "GPT-2 weight map out of date"
+    params = checked_params(model, (o for _, o, _ in rows), "GPT-2")
     expected = {hf: tuple(reversed(params[o].shape)) if t else tuple(params[o].shape)
                 for hf, o, t in rows}
     check_keys(expected, state, f"GPT-2 checkpoint {directory}")
@@ -153,9 +153,7 @@ def load_gpt2(directory: str | Path, *, dtype: torch.dtype | None = None) -> Cau
         for hf, ours, transposed in rows:
             t = state[hf]
             params[ours].copy_(t.T if transposed else t)
-    if dtype is not None:
-        model.to(dtype)
-    return model.eval()
+    return finish_load(model, dtype)
 
 
 def save_gpt2(model: CausalLM, directory: str | Path, *,
@@ -169,6 +167,5 @@ def save_gpt2(model: CausalLM, directory: str | Path, *,
     hf = config_to_hf(cfg)
     params = dict(model.named_parameters())
     tensors = {h: (params[o].T if t else params[o]) for h, o, t in weight_map(cfg)}
-    hf["dtype"] = dtype_name(model.tok_emb.weight.dtype)
-    hf.update(extra_config or {})
-    return write_checkpoint(directory, hf, tensors)
+    return save_checkpoint(directory, hf, tensors, dtype=model.tok_emb.weight.dtype,
+                           extra_config=extra_config)

@@ -26,17 +26,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from attnkit.interop.common import (
-    check_keys,
+    FusedRows,
     drop_keys,
-    dtype_name,
     incompatible,
+    load_fused,
     load_state,
     read_config,
     require,
-    write_checkpoint,
+    save_checkpoint,
+    split_fused,
 )
 from attnkit.models.causal_lm import CausalLM, CausalLMConfig
 
@@ -162,16 +162,9 @@ def _split_sizes(cfg: CausalLMConfig) -> list[int]:
             (cfg.n_kv_heads or cfg.n_heads) * dh]
 
 
-def _hf_shapes(cfg: CausalLMConfig, params: dict[str, Tensor]) -> dict[str, tuple[int, ...]]:
-    shapes = {}
-    for ours, hfs in weight_map(cfg):
-        shape = tuple(params[ours].shape)
-        if len(hfs) == 1:
-            shapes[hfs[0]] = shape
-        else:
-            for name, rows in zip(hfs, _split_sizes(cfg), strict=True):
-                shapes[name] = (rows, *shape[1:])
-    return shapes
+def _fused_rows(cfg: CausalLMConfig) -> FusedRows:
+    """:func:`weight_map` as ``(hf_names, attnkit_name)`` rows (the order ``common`` uses)."""
+    return [(hfs, ours) for ours, hfs in weight_map(cfg)]
 
 
 def load_llama(directory: str | Path, *, dtype: torch.dtype | None = None) -> CausalLM:
@@ -183,16 +176,8 @@ def load_llama(directory: str | Path, *, dtype: torch.dtype | None = None) -> Ca
     state = drop_keys(load_state(directory), _IGNORED)
     if cfg.tie_embeddings:  # HF ties lm_head to embed_tokens and ignores a stored copy
         state.pop("lm_head.weight", None)
-    model = CausalLM(cfg)
-    params = dict(model.named_parameters())
-    assert {o for o, _ in weight_map(cfg)} == set(params), "LLaMA weight map out of date"
-    check_keys(_hf_shapes(cfg, params), state, f"LLaMA checkpoint {directory}")
-    with torch.no_grad():
-        for ours, hfs in weight_map(cfg):
-            params[ours].copy_(torch.cat([state[n] for n in hfs], dim=0))
-    if dtype is not None:
-        model.to(dtype)
-    return model.eval()
+    return load_fused(CausalLM(cfg), _fused_rows(cfg), state, f"LLaMA checkpoint {directory}",
+                      family="LLaMA", dtype=dtype, sizes=_split_sizes(cfg))
 
 
 def save_llama(model: CausalLM, directory: str | Path, *,
@@ -203,11 +188,6 @@ def save_llama(model: CausalLM, directory: str | Path, *,
     """
     cfg = model.config
     hf = config_to_hf(cfg)
-    params = dict(model.named_parameters())
-    tensors: dict[str, Tensor] = {}
-    for ours, hfs in weight_map(cfg):
-        parts = params[ours].split(_split_sizes(cfg)) if len(hfs) > 1 else [params[ours]]
-        tensors.update(zip(hfs, parts, strict=True))
-    hf["dtype"] = dtype_name(model.tok_emb.weight.dtype)
-    hf.update(extra_config or {})
-    return write_checkpoint(directory, hf, tensors)
+    tensors = split_fused(_fused_rows(cfg), dict(model.named_parameters()), _split_sizes(cfg))
+    return save_checkpoint(directory, hf, tensors, dtype=model.tok_emb.weight.dtype,
+                           extra_config=extra_config)

@@ -39,13 +39,13 @@ import torch
 from torch import Tensor
 
 from attnkit.interop.common import (
-    check_keys,
     drop_keys,
-    dtype_name,
     incompatible,
+    load_fused,
     load_state,
     read_config,
-    write_checkpoint,
+    save_checkpoint,
+    split_fused,
 )
 from attnkit.models.seq2seq import Seq2SeqConfig, Seq2SeqLM
 
@@ -176,22 +176,8 @@ def load_t5(directory: str | Path, *, dtype: torch.dtype | None = None) -> Seq2S
     hf = read_config(directory)
     state, tied = _normalise(load_state(directory), directory)
     cfg = config_from_hf(hf, tied=tied)
-    model = Seq2SeqLM(cfg)
-    params = dict(model.named_parameters())
-    rows = weight_map(cfg)
-    assert {o for _, o in rows} == set(params), "T5 weight map out of date"
-    expected = {}
-    for names, ours in rows:
-        shape = tuple(params[ours].shape)
-        for n in names:
-            expected[n] = (shape[0] // len(names), *shape[1:])
-    check_keys(expected, state, f"T5 checkpoint {directory}")
-    with torch.no_grad():
-        for names, ours in rows:
-            params[ours].copy_(torch.cat([state[n] for n in names], dim=0))
-    if dtype is not None:
-        model.to(dtype)
-    return model.eval()
+    return load_fused(Seq2SeqLM(cfg), weight_map(cfg), state, f"T5 checkpoint {directory}",
+                      family="T5", dtype=dtype)
 
 
 def save_t5(model: Seq2SeqLM, directory: str | Path, *,
@@ -204,14 +190,8 @@ def save_t5(model: Seq2SeqLM, directory: str | Path, *,
     """
     cfg = model.config
     hf = config_to_hf(cfg)
-    params = dict(model.named_parameters())
-    tensors: dict[str, Tensor] = {}
-    for names, ours in weight_map(cfg):
-        t = params[ours]
-        for n, part in zip(names, t.split(t.shape[0] // len(names), dim=0), strict=True):
-            tensors[n] = part
+    tensors = split_fused(weight_map(cfg), dict(model.named_parameters()))
     if cfg.tie_embeddings and not hf["tie_word_embeddings"]:
-        tensors["lm_head.weight"] = params["embed.weight"]
-    hf["dtype"] = dtype_name(model.embed.weight.dtype)
-    hf.update(extra_config or {})
-    return write_checkpoint(directory, hf, tensors)
+        tensors["lm_head.weight"] = model.embed.weight
+    return save_checkpoint(directory, hf, tensors, dtype=model.embed.weight.dtype,
+                           extra_config=extra_config)

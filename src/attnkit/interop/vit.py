@@ -21,16 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from attnkit.interop.common import (
-    check_keys,
     drop_keys,
-    dtype_name,
     incompatible,
+    load_fused,
     load_state,
     read_config,
-    write_checkpoint,
+    save_checkpoint,
+    split_fused,
 )
 from attnkit.models.vit import ViTConfig, ViTForImageClassification
 
@@ -115,22 +114,8 @@ def load_vit(directory: str | Path, *, dtype: torch.dtype | None = None
     safetensors). Parameters keep float32 unless ``dtype`` is given; returned in eval mode."""
     cfg = config_from_hf(read_config(directory))
     state = drop_keys(load_state(directory), _IGNORED)
-    model = ViTForImageClassification(cfg)
-    params = dict(model.named_parameters())
-    rows = weight_map(cfg)
-    assert {o for _, o in rows} == set(params), "ViT weight map out of date"
-    expected = {}
-    for names, ours in rows:
-        shape = tuple(params[ours].shape)
-        for n in names:
-            expected[n] = (shape[0] // len(names), *shape[1:])
-    check_keys(expected, state, f"ViT checkpoint {directory}")
-    with torch.no_grad():
-        for names, ours in rows:
-            params[ours].copy_(torch.cat([state[n] for n in names], dim=0))
-    if dtype is not None:
-        model.to(dtype)
-    return model.eval()
+    return load_fused(ViTForImageClassification(cfg), weight_map(cfg), state,
+                      f"ViT checkpoint {directory}", family="ViT", dtype=dtype)
 
 
 def save_vit(model: ViTForImageClassification, directory: str | Path, *,
@@ -139,13 +124,6 @@ def save_vit(model: ViTForImageClassification, directory: str | Path, *,
 
     ``extra_config`` is merged into ``config.json`` (e.g. real ``id2label`` names).
     """
-    hf = config_to_hf(model.config)
-    params = dict(model.named_parameters())
-    tensors: dict[str, Tensor] = {}
-    for names, ours in weight_map(model.config):
-        t = params[ours]
-        for n, part in zip(names, t.split(t.shape[0] // len(names), dim=0), strict=True):
-            tensors[n] = part
-    hf["dtype"] = dtype_name(model.patch_embed.weight.dtype)
-    hf.update(extra_config or {})
-    return write_checkpoint(directory, hf, tensors)
+    tensors = split_fused(weight_map(model.config), dict(model.named_parameters()))
+    return save_checkpoint(directory, config_to_hf(model.config), tensors,
+                           dtype=model.patch_embed.weight.dtype, extra_config=extra_config)

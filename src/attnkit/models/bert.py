@@ -241,133 +241,125 @@ def _init_weights(m: nn.Module) -> None:
                 m.weight[m.padding_idx].zero_()
 
 
-class _BertHead(nn.Module):
-    """Shared plumbing: an encoder (``self.bert``) and ``num_parameters``."""
+def _linear(d_in: int, d_out: int) -> nn.Linear:
+    """A head's ``nn.Linear(d_in, d_out)`` with the BERT init."""
+    layer = nn.Linear(d_in, d_out)
+    _init_weights(layer)
+    return layer
 
-    bert: BertModel
+
+def _ce(logits: Tensor, labels: Tensor, ignore_index: int = -100) -> Tensor:
+    """Cross-entropy over the last dim, ignoring label ``ignore_index``."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                           ignore_index=ignore_index)
+
+
+class _BertHead(nn.Module):
+    """A task head on an encoder ``self.bert``. ``forward`` encodes, then a subclass states
+    only what differs: its layers, ``_logits`` and (if not cross-entropy) ``_loss``."""
+
+    def __init__(self, cfg: BertConfig, *, add_pooler: bool = False):
+        super().__init__()
+        self.config = cfg
+        self.bert = BertModel(cfg, add_pooler=add_pooler)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         skip = ({id(p) for p in self.bert.embeddings.parameters()}
                 if exclude_embeddings else set())
         return sum(p.numel() for p in self.parameters() if id(p) not in skip)
 
-    def _encode(self, input_ids: Tensor, attention_mask: Tensor | None,
-                token_type_ids: Tensor | None, return_weights: bool,
-                output_hidden_states: bool) -> BertOutput:
-        return self.bert(input_ids, attention_mask, token_type_ids, return_weights,
-                         output_hidden_states)
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                token_type_ids: Tensor | None = None, return_weights: bool = False,
+                output_hidden_states: bool = False,
+                labels: Tensor | tuple[Tensor, Tensor] | None = None
+                ) -> HeadOutput | QAOutput:
+        """Inputs as :meth:`BertModel.forward`; ``labels`` as the head's docstring says (a
+        loss only when given)."""
+        o = self.bert(input_ids, attention_mask, token_type_ids, return_weights,
+                      output_hidden_states)
+        logits = self._logits(o)
+        loss = self._loss(logits, labels) if labels is not None else None
+        return self._output(logits, loss, o)
 
+    def _logits(self, o: BertOutput) -> Tensor:
+        raise NotImplementedError
 
-def _ce(logits: Tensor, labels: Tensor) -> Tensor:
-    """Cross-entropy over the last dim, ignoring label -100."""
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                           ignore_index=-100)
+    def _loss(self, logits: Tensor, labels: Any) -> Tensor:
+        return _ce(logits, labels)
+
+    def _output(self, logits: Tensor, loss: Tensor | None, o: BertOutput
+                ) -> HeadOutput | QAOutput:
+        return HeadOutput(logits, loss, o.hidden_states, o.attentions)
 
 
 class BertForMaskedLM(_BertHead):
-    """``logits (B, L, V) = LayerNorm(act(W h)) E_wordᵀ + b`` (decoder tied to embeddings)."""
+    """``logits (B, L, V) = LayerNorm(act(W h)) E_wordᵀ + b`` (decoder tied to embeddings).
+    ``labels (B, L)``: target ids at masked positions, -100 elsewhere."""
 
     def __init__(self, cfg: BertConfig):
-        super().__init__()
-        self.config = cfg
-        self.bert = BertModel(cfg, add_pooler=False)
-        self.transform = nn.Linear(cfg.d_model, cfg.d_model)
+        super().__init__(cfg, add_pooler=False)
+        self.transform = _linear(cfg.d_model, cfg.d_model)
         self.transform_norm = LayerNorm(cfg.d_model, eps=cfg.norm_eps)
         self.decoder_bias = nn.Parameter(torch.zeros(cfg.vocab_size))
-        _init_weights(self.transform)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
-                token_type_ids: Tensor | None = None, return_weights: bool = False,
-                output_hidden_states: bool = False, labels: Tensor | None = None
-                ) -> HeadOutput:
-        """``labels (B, L)``: target ids at masked positions, -100 elsewhere."""
-        o = self._encode(input_ids, attention_mask, token_type_ids, return_weights,
-                         output_hidden_states)
+    def _logits(self, o: BertOutput) -> Tensor:
         h = self.transform_norm(_act(self.config.activation, self.transform(o.last_hidden_state)))
-        logits = F.linear(h, self.bert.embeddings.word.weight, self.decoder_bias)
-        loss = _ce(logits, labels) if labels is not None else None
-        return HeadOutput(logits, loss, o.hidden_states, o.attentions)
+        return F.linear(h, self.bert.embeddings.word.weight, self.decoder_bias)
 
 
 class BertForSequenceClassification(_BertHead):
     """``logits (B, num_labels) = W Dropout(pooled) + b``; ``num_labels == 1`` is regression
-    (MSE loss), otherwise cross-entropy."""
+    (MSE loss), otherwise cross-entropy. ``labels (B,)`` class ids (or float targets when
+    ``num_labels == 1``)."""
 
     def __init__(self, cfg: BertConfig):
-        super().__init__()
-        self.config = cfg
-        self.bert = BertModel(cfg, add_pooler=True)
+        super().__init__(cfg, add_pooler=True)
         self.drop = nn.Dropout(cfg.dropout)
-        self.classifier = nn.Linear(cfg.d_model, cfg.num_labels)
-        _init_weights(self.classifier)
+        self.classifier = _linear(cfg.d_model, cfg.num_labels)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
-                token_type_ids: Tensor | None = None, return_weights: bool = False,
-                output_hidden_states: bool = False, labels: Tensor | None = None
-                ) -> HeadOutput:
-        """``labels (B,)`` class ids (or float targets when ``num_labels == 1``)."""
-        o = self._encode(input_ids, attention_mask, token_type_ids, return_weights,
-                         output_hidden_states)
-        logits = self.classifier(self.drop(o.pooler_output))
-        loss = None
-        if labels is not None:
-            if self.config.num_labels == 1:
-                loss = F.mse_loss(logits.squeeze(-1).float(), labels.float().view(-1))
-            else:
-                loss = _ce(logits, labels)
-        return HeadOutput(logits, loss, o.hidden_states, o.attentions)
+    def _logits(self, o: BertOutput) -> Tensor:
+        return self.classifier(self.drop(o.pooler_output))
+
+    def _loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        if self.config.num_labels == 1:
+            return F.mse_loss(logits.squeeze(-1).float(), labels.float().view(-1))
+        return _ce(logits, labels)
 
 
 class BertForTokenClassification(_BertHead):
-    """Per-token ``logits (B, L, num_labels)`` (NER, POS tagging)."""
+    """Per-token ``logits (B, L, num_labels)`` (NER, POS tagging). ``labels (B, L)`` tag ids,
+    -100 where ignored (padding, sub-word continuations)."""
 
     def __init__(self, cfg: BertConfig):
-        super().__init__()
-        self.config = cfg
-        self.bert = BertModel(cfg, add_pooler=False)
+        super().__init__(cfg, add_pooler=False)
         self.drop = nn.Dropout(cfg.dropout)
-        self.classifier = nn.Linear(cfg.d_model, cfg.num_labels)
-        _init_weights(self.classifier)
+        self.classifier = _linear(cfg.d_model, cfg.num_labels)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
-                token_type_ids: Tensor | None = None, return_weights: bool = False,
-                output_hidden_states: bool = False, labels: Tensor | None = None
-                ) -> HeadOutput:
-        """``labels (B, L)`` tag ids, -100 where ignored (padding, sub-word continuations)."""
-        o = self._encode(input_ids, attention_mask, token_type_ids, return_weights,
-                         output_hidden_states)
-        logits = self.classifier(self.drop(o.last_hidden_state))
-        loss = _ce(logits, labels) if labels is not None else None
-        return HeadOutput(logits, loss, o.hidden_states, o.attentions)
+    def _logits(self, o: BertOutput) -> Tensor:
+        return self.classifier(self.drop(o.last_hidden_state))
 
 
 class BertForQuestionAnswering(_BertHead):
-    """Extractive QA: ``[start | end] logits = W h + b``, each ``(B, L)``."""
+    """Extractive QA: ``[start | end] logits = W h + b``, each ``(B, L)``. ``labels``:
+    ``(start, end)`` positions, each ``(B,)``, or one ``(B, 2)`` tensor. Positions outside
+    ``[0, L)`` are ignored (as in Hugging Face). Loss = mean of the start and end
+    cross-entropies."""
 
     def __init__(self, cfg: BertConfig):
-        super().__init__()
-        self.config = cfg
-        self.bert = BertModel(cfg, add_pooler=False)
-        self.qa_outputs = nn.Linear(cfg.d_model, 2)
-        _init_weights(self.qa_outputs)
+        super().__init__(cfg, add_pooler=False)
+        self.qa_outputs = _linear(cfg.d_model, 2)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
-                token_type_ids: Tensor | None = None, return_weights: bool = False,
-                output_hidden_states: bool = False,
-                labels: Tensor | tuple[Tensor, Tensor] | None = None) -> QAOutput:
-        """``labels``: ``(start, end)`` positions, each ``(B,)``, or one ``(B, 2)`` tensor.
-        Positions outside ``[0, L)`` are ignored (as in Hugging Face). Loss = mean of the
-        start and end cross-entropies."""
-        o = self._encode(input_ids, attention_mask, token_type_ids, return_weights,
-                         output_hidden_states)
-        start, end = self.qa_outputs(o.last_hidden_state).unbind(dim=-1)  # 2 × (B, L)
-        loss = None
-        if labels is not None:
-            sp, ep = labels.unbind(-1) if isinstance(labels, Tensor) else labels
-            L = start.shape[1]
-            sp, ep = sp.reshape(-1).clamp(0, L), ep.reshape(-1).clamp(0, L)
-            loss = (F.cross_entropy(start.float(), sp, ignore_index=L)
-                    + F.cross_entropy(end.float(), ep, ignore_index=L)) / 2
+    def _logits(self, o: BertOutput) -> Tensor:
+        return self.qa_outputs(o.last_hidden_state)  # (B, L, 2)
+
+    def _loss(self, logits: Tensor, labels: Tensor | tuple[Tensor, Tensor]) -> Tensor:
+        start, end = logits.unbind(dim=-1)  # 2 × (B, L)
+        sp, ep = labels.unbind(-1) if isinstance(labels, Tensor) else labels
+        L = start.shape[1]
+        return (_ce(start, sp.clamp(0, L), L) + _ce(end, ep.clamp(0, L), L)) / 2
+
+    def _output(self, logits: Tensor, loss: Tensor | None, o: BertOutput) -> QAOutput:
+        start, end = logits.unbind(dim=-1)  # 2 × (B, L)
         return QAOutput(start, end, loss, o.hidden_states, o.attentions)
 
     def best_span(self, out: QAOutput, max_answer_len: int = 30,

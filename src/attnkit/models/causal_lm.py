@@ -299,7 +299,11 @@ class CausalLM(nn.Module):
                 key_mask = key_mask[:, past - min(past, c.sliding_window - 1):]
             mask = mask & masks.padding(key_mask=key_mask)
 
-        out = self.stack(x, mask=mask, score_mod=self.score_mod, rope=self.rope,
+        # ALiBi: one materialised bias per forward, shared by the layers (on the SDPA path)
+        score_mod = (self.score_mod.for_one_forward()
+                     if self.score_mod is not None and not torch.compiler.is_compiling()
+                     else self.score_mod)
+        out = self.stack(x, mask=mask, score_mod=score_mod, rope=self.rope,
                          positions=positions, caches=caches,
                          output_hidden_states=output_hidden_states, return_weights=return_weights)
         logits = self.lm_head(out.hidden)  # (B, L, V)

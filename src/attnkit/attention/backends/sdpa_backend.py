@@ -38,18 +38,19 @@ def forward(q: Tensor, k: Tensor, v: Tensor, *, mask, score_mod, scale: float, d
         attn_mask = mask.dense(Lq, Lk, device=q.device)
     elif not is_causal:
         attn_mask = dense_mask(mask, B, Hq, Lq, Lk, q.device)
+    dead = None  # fully masked query rows: a float bias row of -inf gives NaN in some kernels
     if score_mod is not None:
-        bias = score_mod.bias(Lq, Lk, batch=B, heads=Hq, device=q.device, dtype=q.dtype)
-        if attn_mask is not None:
-            bias = bias.masked_fill(~attn_mask, float("-inf"))
+        bias = score_mod.bias(Lq, Lk, batch=B, heads=Hq, device=q.device, dtype=q.dtype,
+                              mask=attn_mask)  # -inf where attn_mask is False
+        if score_mod.finite and attn_mask is not None:
+            dead = ~attn_mask.any(dim=-1, keepdim=True)  # from the (smaller) bool mask
+        elif not score_mod.finite:
+            dead = torch.isneginf(bias).all(dim=-1, keepdim=True)
         attn_mask = bias
     out = F.scaled_dot_product_attention(
         q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
         enable_gqa=k.shape[1] != Hq,
     )
-    if attn_mask is not None and attn_mask.dtype != torch.bool:
-        # A float bias with a fully -inf row gives NaN in some kernels; zero such rows.
-        dead = torch.isneginf(attn_mask).all(dim=-1, keepdim=True)
-        if dead.any():
-            out = out.masked_fill(dead, 0.0)
+    if dead is not None and dead.any():
+        out = out.masked_fill(dead, 0.0)
     return out, None
