@@ -153,6 +153,18 @@ def _inputs(cfg, vocab: int, batch: int, seq_len: int) -> tuple[torch.Tensor, to
     return ids, am
 
 
+def _hf_and_attnkit(cfg, hf_cls, hf_config, load: Callable[[str], torch.nn.Module],
+                    directory: str) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """A seeded HF model (1-D parameters perturbed), saved to ``directory`` and loaded back
+    with attnkit's ``load``; both cast to the run's dtype."""
+    torch.manual_seed(cfg.seed)
+    hf = hf_cls(hf_config)
+    _perturb_vectors(hf, cfg.seed)
+    hf.save_pretrained(directory, safe_serialization=True)
+    ak = load(directory)
+    return hf.to(cfg.torch_dtype), ak.to(cfg.torch_dtype)
+
+
 def build_gpt2(cfg, tmp: str) -> Pair:
     transformers = _quiet_transformers()
     from attnkit.interop.gpt2 import load_gpt2, weight_map
@@ -163,14 +175,8 @@ def build_gpt2(cfg, tmp: str) -> Pair:
         n_layer=s["layers"], n_head=s["heads"], n_inner=s["d_ff"],
         activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
         bos_token_id=None, eos_token_id=None, attn_implementation="sdpa")
-    torch.manual_seed(cfg.seed)
-    hf = transformers.GPT2LMHeadModel(hcfg)
-    _perturb_vectors(hf, cfg.seed)
-    d = os.path.join(tmp, "gpt2")
-    hf.save_pretrained(d, safe_serialization=True)
-    ak = load_gpt2(d)
-    hf.to(cfg.torch_dtype)
-    ak.to(cfg.torch_dtype)
+    hf, ak = _hf_and_attnkit(cfg, transformers.GPT2LMHeadModel, hcfg, load_gpt2,
+                             os.path.join(tmp, "gpt2"))
     ids, am = _inputs(cfg, s["vocab"], s["batch"], s["seq_len"])
 
     def hf_call():
@@ -205,16 +211,11 @@ def build_bert(cfg, tmp: str) -> Pair:
         num_attention_heads=s["heads"], intermediate_size=s["d_ff"], hidden_act="gelu",
         max_position_embeddings=max(512, s["seq_len"]), hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0, attn_implementation="sdpa")
-    torch.manual_seed(cfg.seed)
     mlm = cfg.bert_head == "mlm"
     hf_cls = "BertForMaskedLM" if mlm else "BertModel"
-    hf = getattr(transformers, hf_cls)(hcfg)
-    _perturb_vectors(hf, cfg.seed)
-    d = os.path.join(tmp, "bert")
-    hf.save_pretrained(d, safe_serialization=True)
-    ak = load_bert(d, head="mlm" if mlm else None)
-    hf.to(cfg.torch_dtype)
-    ak.to(cfg.torch_dtype)
+    hf, ak = _hf_and_attnkit(cfg, getattr(transformers, hf_cls), hcfg,
+                             lambda d: load_bert(d, head="mlm" if mlm else None),
+                             os.path.join(tmp, "bert"))
     ids, am = _inputs(cfg, s["vocab"], s["batch"], s["seq_len"])
 
     if mlm:
@@ -253,14 +254,8 @@ def build_t5(cfg, tmp: str) -> Pair:
         d_ff=s["d_ff"], num_layers=s["layers"], num_decoder_layers=s["layers"],
         num_heads=s["heads"], dropout_rate=0.0, feed_forward_proj="relu",
         tie_word_embeddings=True, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
-    torch.manual_seed(cfg.seed)
-    hf = transformers.T5ForConditionalGeneration(hcfg)
-    _perturb_vectors(hf, cfg.seed)
-    d = os.path.join(tmp, "t5")
-    hf.save_pretrained(d, safe_serialization=True)
-    ak = load_t5(d)
-    hf.to(cfg.torch_dtype)
-    ak.to(cfg.torch_dtype)
+    hf, ak = _hf_and_attnkit(cfg, transformers.T5ForConditionalGeneration, hcfg, load_t5,
+                             os.path.join(tmp, "t5"))
     ids, am = _inputs(cfg, s["vocab"], s["batch"], s["seq_len"])
     g = torch.Generator().manual_seed(cfg.seed + 1)
     dec = torch.randint(1, s["vocab"], (s["batch"], max(1, s["seq_len"] // 4)), generator=g)
