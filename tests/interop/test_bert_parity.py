@@ -251,4 +251,32 @@ def test_hf_registry_dispatch(tmp_path):
     with torch.no_grad():
         assert torch.equal(m(**x).start_logits, back(**x).start_logits)
         close(m(**x).end_logits, ref(**x).end_logits)
-    assert isinstance(load_hf(tmp_path / "b"), BertModel)
+    assert type(load_hf(tmp_path / "b")).__name__ == "BertForQuestionAnswering"  # as saved
+    assert isinstance(load_hf(tmp_path / "b", head=None), BertModel)
+
+
+@pytest.mark.parametrize("cls_name,want", [
+    ("BertForSequenceClassification", "BertForSequenceClassification"),
+    ("BertForPreTraining", "BertForMaskedLM"),  # its MLM half; the NSP weights are dropped
+    ("BertModel", "BertModel"),
+])
+def test_load_hf_takes_the_head_from_architectures(tmp_path, cls_name, want):
+    from attnkit.interop.bert import head_for_checkpoint
+    from attnkit.interop.hf import load_hf
+
+    ref = hf_model("gelu", cls_name)
+    ref.save_pretrained(tmp_path)
+    m = load_hf(tmp_path)
+    assert type(m).__name__ == want
+    assert head_for_checkpoint(tmp_path) == {"BertModel": None, "BertForMaskedLM": "mlm"}.get(
+        want, "classification")
+    x = inputs("gelu")
+    with torch.no_grad():
+        r, o = ref(**x), m(**x)
+    if cls_name == "BertForPreTraining":
+        close(o.logits, r.prediction_logits)
+    elif cls_name == "BertModel":
+        close(o.last_hidden_state, r.last_hidden_state)
+    else:
+        close(o.logits, r.logits)
+    assert isinstance(load_hf(tmp_path, head=None), BertModel)  # an explicit head wins

@@ -17,7 +17,7 @@ from rich.console import Console
 
 __all__ = ["CliError", "fail", "cli_errors", "rank", "is_main", "echo", "console",
            "cpu_threads", "available_cores", "LoadedModel", "find_checkpoint",
-           "checkpoint_kind", "load_any", "load_hf_model", "hf_architecture_head",
+           "checkpoint_kind", "load_any", "load_hf_model",
            "read_run_info", "write_json", "human", "RUN_FILE", "EXIT_USAGE"]
 
 EXIT_USAGE = 2
@@ -206,25 +206,15 @@ def _untruncated(tok: Any) -> Any:
     return tok
 
 
-def hf_architecture_head(path: Path) -> str | None:
-    """The attnkit BERT head for a HF BERT directory's ``architectures`` entry."""
-    cfg = _config(path) or {}
-    arch = (cfg.get("architectures") or [None])[0]
-    return {"BertForMaskedLM": "mlm", "BertForPreTraining": "mlm",
-            "BertForSequenceClassification": "classification",
-            "BertForTokenClassification": "token",
-            "BertForQuestionAnswering": "qa"}.get(arch)
-
-
 def load_hf_model(path: Path) -> Any:
     """``interop.hf.load_hf``, with BERT's head taken from ``architectures``."""
     from attnkit.interop.hf import load_hf
 
     cfg = _config(path) or {}
     if cfg.get("model_type") == "bert":
-        from attnkit.interop.bert import load_bert
+        from attnkit.interop.bert import load_bert_as_saved
 
-        return load_bert(path, hf_architecture_head(path), strict=False)
+        return load_bert_as_saved(path, strict=False)
     return load_hf(path)
 
 

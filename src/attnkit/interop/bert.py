@@ -50,7 +50,8 @@ from attnkit.models.bert import (
     BertModel,
 )
 
-__all__ = ["load_bert", "save_bert", "config_from_hf", "config_to_hf", "weight_map", "HEADS"]
+__all__ = ["load_bert", "load_bert_as_saved", "head_for_checkpoint", "save_bert",
+           "config_from_hf", "config_to_hf", "weight_map", "HEADS"]
 
 BertLike = (BertModel | BertForMaskedLM | BertForSequenceClassification
             | BertForTokenClassification | BertForQuestionAnswering)
@@ -63,6 +64,9 @@ _ARCH = {BertModel: "BertModel", BertForMaskedLM: "BertForMaskedLM",
          BertForSequenceClassification: "BertForSequenceClassification",
          BertForTokenClassification: "BertForTokenClassification",
          BertForQuestionAnswering: "BertForQuestionAnswering"}
+# config.json "architectures" -> head (BertForPreTraining: its MLM half; NSP is not supported)
+_HEAD_OF_ARCH = {arch: head for head, cls in HEADS.items() for c, arch in _ARCH.items()
+                 if c is cls} | {"BertForPreTraining": "mlm"}
 _ACT_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
                 "relu": "relu"}
 _ACT_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
@@ -187,6 +191,21 @@ def _normalise(state: dict[str, Tensor], head: str | None) -> dict[str, Tensor]:
         out.setdefault("cls.predictions.bias", out["cls.predictions.decoder.bias"])
         del out["cls.predictions.decoder.bias"]
     return out
+
+
+def head_for_checkpoint(directory: str | Path) -> str | None:
+    """The head that a HF BERT directory's ``config.json`` ``architectures`` names ("mlm" for
+    ``BertForMaskedLM`` / ``BertForPreTraining``, "classification", "token", "qa"), or None
+    (``BertModel``, no or an unknown architecture)."""
+    arch = (read_config(directory).get("architectures") or [None])[0]
+    return _HEAD_OF_ARCH.get(arch)
+
+
+def load_bert_as_saved(directory: str | Path, **kwargs: Any) -> BertLike:
+    """:func:`load_bert` with the head the checkpoint was saved with
+    (:func:`head_for_checkpoint`) unless ``head=`` is given; what ``load_hf`` calls."""
+    kwargs.setdefault("head", head_for_checkpoint(directory))
+    return load_bert(directory, **kwargs)
 
 
 def load_bert(directory: str | Path, head: str | None = None, *,

@@ -22,7 +22,7 @@ __all__ = ["LOADERS", "SAVERS", "load_hf", "save_hf"]
 
 # config.json "model_type" -> loader(directory) -> model
 LOADERS: dict[str, str] = {
-    "bert": "attnkit.interop.bert:load_bert",
+    "bert": "attnkit.interop.bert:load_bert_as_saved",  # head from config "architectures"
     "gpt2": "attnkit.interop.gpt2:load_gpt2",
     "llama": "attnkit.interop.llama:load_llama",
     "mistral": "attnkit.interop.llama:load_llama",

@@ -29,8 +29,6 @@ from attnkit.data.tokenizers import TOKENIZER_FILE, Tokenizer, load_tokenizer
 __all__ = ["load_for_viz", "checkpoint_kind"]
 
 _NO_TOKENIZER_FAMILIES = ("vit",)
-_BERT_HEADS = {"BertForMaskedLM": "mlm", "BertForSequenceClassification": "classification",
-               "BertForTokenClassification": "token", "BertForQuestionAnswering": "qa"}
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -112,17 +110,14 @@ def load_for_viz(directory: str | Path, *, device: str = "cpu"
 
 
 def _load_hf(d: Path) -> nn.Module:
-    """:func:`~attnkit.interop.hf.load_hf`; a BERT whose ``architectures`` names a head we
-    have (``BertForMaskedLM`` ...) gets that head (masked-LM predictions in the capture), and
-    falls back to the bare encoder when the weights do not match it exactly (e.g. extra
-    pre-training heads)."""
+    """:func:`~attnkit.interop.hf.load_hf` (a BERT gets the head its ``architectures`` names:
+    masked-LM predictions in the capture), falling back to the bare BERT encoder when the
+    weights do not match that head exactly."""
     from attnkit.interop.hf import load_hf
 
-    cfg = _read_json(d / "config.json")
-    arch = (cfg.get("architectures") or [None])[0]
-    if cfg.get("model_type") == "bert" and arch in _BERT_HEADS:
-        try:
-            return load_hf(d, head=_BERT_HEADS[arch])
-        except ValueError:
-            pass
-    return load_hf(d)
+    try:
+        return load_hf(d)
+    except ValueError:
+        if _read_json(d / "config.json").get("model_type") != "bert":
+            raise
+    return load_hf(d, head=None)
