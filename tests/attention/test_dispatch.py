@@ -151,3 +151,20 @@ def test_explain_does_not_run_attention():
     q, k, v = qkv()
     d = explain(q, k, v)
     assert isinstance(d, Decision) and q.grad is None
+
+
+def test_density_probe_uses_the_tile_size_of_the_backend_that_runs():
+    """On CPU the probe measures 64×64 tiles, the blocked backend's, so attend() reuses the
+    probe's cached layout instead of building a second one at another tile size."""
+    from attnkit.attention.backends import blocked_backend
+
+    N = 1024
+    q, k, v = qkv(b=1, hq=2, hkv=1, lq=N, lk=N, d=8)
+    m = masks.sliding_window(32)
+    d = explain(q, k, v, mask=m)
+    assert d.backend == "blocked"
+    attend(q, k, v, mask=m)
+    layouts = {key[3:5] for key in m._cache if key[0] == "layout"}
+    assert layouts == {blocked_backend.tile_sizes(N, N)} == {(64, 64)}
+    dens = m.block_layout(N, N, q_block=64, kv_block=64, heads=2).density
+    assert f"{dens:.1%}" in d.why

@@ -59,11 +59,14 @@ class Request:
             return self.mask.kind if self.mask.kind in ("causal", "full") else "pattern"
         return "dense"
 
-    def density(self, block: int = 128) -> float:
-        """Fraction of 128×128 tiles a pattern keeps (1.0 for dense or no mask)."""
+    def density(self, q_block: int = 128, kv_block: int | None = None) -> float:
+        """Fraction of ``q_block × kv_block`` tiles a pattern keeps (1.0 for dense or no
+        mask). The layout is cached on the mask, so probing at the tile size of the backend
+        that will run builds nothing twice."""
         if self.mask_kind != "pattern":
             return 1.0
-        lay = self.mask.block_layout(self.q_len, self.kv_len, q_block=block, kv_block=block,
+        lay = self.mask.block_layout(self.q_len, self.kv_len, q_block=q_block,
+                                     kv_block=q_block if kv_block is None else kv_block,
                                      batch=self.batch, heads=self.q_heads, device=self.device)
         return lay.density
 
@@ -179,17 +182,18 @@ def _choose(req: Request) -> Decision:
     if req.return_weights:
         return Decision("math", reasons, "weights requested: only math returns them")
     sparse_ok = [n for n in ("flex", "blocked") if n in ok]
-    if req.mask_kind == "pattern" and sparse_ok:
-        dens = req.density()
+    # flex on GPU (compiled kernels); elsewhere blocked (CPU flex is eager and forward-only)
+    sparse = ("flex" if ("flex" in sparse_ok and req.device.type == "cuda") else sparse_ok[-1]
+              if sparse_ok else None)
+    if req.mask_kind == "pattern" and sparse is not None:
+        dens = req.density(*backends.get(sparse).tile_sizes(req.q_len, req.kv_len))
         if dens <= SPARSE_DENSITY or "sdpa" not in ok:
-            pick = "flex" if ("flex" in sparse_ok and req.device.type == "cuda") else sparse_ok[-1]
-            return Decision(pick, reasons, f"pattern keeps {dens:.1%} of tiles: block-sparse")
+            return Decision(sparse, reasons, f"pattern keeps {dens:.1%} of tiles: block-sparse")
         return Decision("sdpa", reasons, f"pattern keeps {dens:.1%} of tiles: dense fused kernel")
     if "sdpa" in ok:
         return Decision("sdpa", reasons, "fused kernel supports this mask/score_mod")
-    if sparse_ok:
-        pick = "flex" if ("flex" in sparse_ok and req.device.type == "cuda") else sparse_ok[-1]
-        return Decision(pick, reasons, "score_mod or mask needs a tiled backend")
+    if sparse is not None:
+        return Decision(sparse, reasons, "score_mod or mask needs a tiled backend")
     return Decision("math", reasons, "reference fallback")
 
 

@@ -67,6 +67,11 @@ _INF = float("inf")
 _LOG2E = 1.0 / math.log(2.0)
 
 
+def tile_sizes(q_len: int, kv_len: int) -> tuple[int, int]:
+    """``(query block, key block)`` this backend cuts a ``q_len × kv_len`` problem into."""
+    return _block_size(q_len, Q_BLOCK), _block_size(kv_len, KV_BLOCK)
+
+
 def supports(req) -> str | None:
     if req.return_weights:
         return "does not return attention weights (use math)"
@@ -85,7 +90,7 @@ def forward(q: Tensor, k: Tensor, v: Tensor, *, mask, score_mod: ScoreMod | None
         raise ValueError("blocked backend: no dropout and no attention weights (use math)")
     B, Hq, Lq, _ = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
-    bq, bk = _block_size(Lq, Q_BLOCK), _block_size(Lk, KV_BLOCK)
+    bq, bk = tile_sizes(Lq, Lk)
     plan = tile_plan(_as_pattern(mask, Lq, Lk), batch=B, q_heads=Hq, kv_heads=Hkv, q_len=Lq,
                      kv_len=Lk, q_block=bq, kv_block=bk, tile_budget=TILE_BUDGET,
                      device=q.device)

@@ -18,6 +18,14 @@ NAME = "flex"
 EXACT = True
 
 
+BLOCK = 128  # FlexAttention's BlockMask tile (create_block_mask's default BLOCK_SIZE)
+
+
+def tile_sizes(q_len: int, kv_len: int) -> tuple[int, int]:
+    """``(query block, key block)`` of the BlockMask this backend builds."""
+    return BLOCK, BLOCK
+
+
 def supports(req) -> str | None:
     if req.return_weights:
         return "does not return attention weights (use math)"
@@ -51,7 +59,8 @@ def forward(q: Tensor, k: Tensor, v: Tensor, *, mask, score_mod, scale: float, d
         mask = from_dense(m4.expand(-1, -1, Lq, Lk))
     block_mask = None
     if isinstance(mask, Mask) and mask.kind != "full":
-        block_mask = mask.block_mask(Lq, Lk, batch=B, heads=Hq, device=q.device)
+        block_mask = mask.block_mask(Lq, Lk, batch=B, heads=Hq, device=q.device,
+                                     block_size=BLOCK)
     mod = None
     if score_mod is not None:
         f = score_mod.fn
