@@ -280,3 +280,17 @@ def test_viz_on_a_trained_run(trained, tmp_path):
                                    atol=1e-3, rtol=0)
         assert client.post("/api/attention", json={"text": text, "heads": [2]}).status_code \
             in (400, 422)
+
+
+def test_tensorboard_flag(tmp_path, corpus_file):
+    """--tensorboard logs to OUT/tb, or (without the package) is a one-line error."""
+    import importlib.util
+
+    out = tmp_path / "tb-run"
+    r = cli("train", "--data", corpus_file, "--steps", 2, *TINY, "--out", out, "--tensorboard",
+            "--sample-chars", 0)
+    if importlib.util.find_spec("tensorboard") is None:
+        assert "pip install tensorboard" in error_line(r)
+    else:
+        assert r.exit_code == 0, r.stderr
+        assert any((out / "tb").iterdir())

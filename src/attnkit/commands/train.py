@@ -253,6 +253,7 @@ _FLAG_KEYS: dict[str, tuple[str, str]] = {
     "steps": ("train", "steps"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
     "out": ("train", "out_dir"), "device": ("train", "device"),
     "compile": ("train", "compile"), "precision": ("train", "precision"),
+    "tensorboard": ("train", "tensorboard"),
     "seed": ("train", "seed"), "eval_every": ("train", "eval_every"),
     "distributed": ("train", "distributed"), "data": ("data", "path"),
     "val_data": ("data", "val_path"), "tokenizer": ("tokenizer", "kind"),
@@ -640,6 +641,9 @@ def train_cmd(
     compile_: bool = typer.Option(None, "--compile/--no-compile", help="torch.compile the "
                                   "model."),
     precision: str = typer.Option(None, "--precision", help="auto | fp32 | bf16 | fp16."),
+    tensorboard: bool = typer.Option(None, "--tensorboard/--no-tensorboard", help="Also log "
+                                     "to TensorBoard in OUT/tb (needs the tensorboard "
+                                     "package)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its "
                                 "last/ checkpoint (same settings unless overridden)."),
     seed: int = typer.Option(None, "--seed", help="Training seed."),
@@ -669,6 +673,7 @@ def train_cmd(
     t_start = time.perf_counter()
     flags = dict(objective=objective, model_preset=preset, steps=steps, batch_size=batch_size,
                  lr=lr, out=out, device=device, compile=compile_, precision=precision,
+                 tensorboard=tensorboard,
                  resume=resume or None, seed=seed, data=data, val_data=val_data,
                  tokenizer=tokenizer, vocab_size=vocab_size, eval_every=eval_every,
                  distributed=distributed)

@@ -39,8 +39,9 @@ class MetricsLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as e:
-                raise ImportError("tensorboard=True needs the `tensorboard` package: "
-                                  "pip install tensorboard (or set tensorboard=False)") from e
+                raise ModuleNotFoundError(
+                    "tensorboard=True needs the `tensorboard` package: pip install tensorboard "
+                    "(or set tensorboard=False)") from e
             self._tb = SummaryWriter(str(tensorboard_dir))
 
     def reset(self, records: list[dict[str, Any]] | None = None) -> None:
