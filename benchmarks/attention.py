@@ -10,6 +10,12 @@ against a torch SDPA baseline measured in the same run at the same N:
 * ``sliding``  ``sliding_window(W, 0)``; baseline SDPA with the equivalent dense bool mask,
                materialised outside the timed region
 * ``linear``   ``attend(backend="linear", mask=causal())`` (approximate); the causal baseline
+* ``hierarchical``  ``hierarchical_attention(block=B, neighbours=1, causal=True)`` (approximate:
+               exact local blocks + one mean-pooled summary per distant block; ``--hier-block``);
+               the causal baseline
+* ``lsh``      ``lsh_attention(qk, v)``, Reformer shared-QK LSH attention, non-causal (approximate:
+               keys unit-normalised, attends within sorted chunks; ``--lsh-hashes``,
+               ``--lsh-chunk``, n_buckets ≈ N / chunk); baseline SDPA(q=k=qk, no mask)
 * ``strided``, ``bigbird``  at one N (``--pattern-n``); dense-mask SDPA baseline
 
 ratio = t(baseline) / t(row): > 1 means faster than the baseline, < 1 slower.
@@ -41,11 +47,24 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _timing  # noqa: E402
 from attnkit.attention import backends, masks  # noqa: E402
 from attnkit.attention.core import Request, attend, explain  # noqa: E402
+from attnkit.attention.hierarchical import (  # noqa: E402
+    hierarchical_attention,
+    hierarchical_score_numel,
+)
+from attnkit.attention.lsh import lsh_attention  # noqa: E402
 
 DEFAULT_SEQ_LENS = (512, 1024, 2048, 4096, 8192, 16384)
 QUICK_SEQ_LENS = (512, 1024)
-CASE_KEYS = ("causal", "sliding", "linear", "strided", "bigbird")
-ROW_IMPLS = ("auto", "blocked", "flex", "sdpa", "math", "linear")
+CASE_KEYS = ("causal", "sliding", "linear", "hierarchical", "lsh", "strided", "bigbird")
+ROW_IMPLS = ("auto", "blocked", "flex", "sdpa", "math", "linear", "hierarchical", "lsh")
+# rows that are not attnkit.attend backends: called directly, always "supported"
+VARIANTS = ("hierarchical", "lsh")
+# approximate rows: their distance from SDPA is reported, never flagged as a mismatch
+APPROX = {
+    "linear": "approximate (not softmax)",
+    "hierarchical": "approximate (block summaries)",
+    "lsh": "approximate (LSH buckets, unit-norm keys)",
+}
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
     "float16": torch.float16, "fp16": torch.float16,
@@ -61,7 +80,8 @@ AUTO_TARGET = 0.95  # dense causal: t(SDPA) / t(attend auto) should be at least 
 @dataclass(frozen=True)
 class Case:
     key: str
-    baseline: str  # "causal": SDPA is_causal=True; "dense": SDPA with the dense bool mask
+    baseline: str  # "causal": SDPA is_causal=True; "dense": SDPA with the dense bool mask;
+    # "shared": SDPA(q, q, v), no mask (shared-QK, full attention)
     impls: tuple[str, ...]  # rows besides the baseline
     single_n: bool = False  # run at --pattern-n only
 
@@ -70,14 +90,18 @@ CASES = {
     "causal": Case("causal", "causal", ("auto", "math")),
     "sliding": Case("sliding", "dense", ("auto", "blocked", "flex", "sdpa", "math")),
     "linear": Case("linear", "causal", ("linear",)),
+    "hierarchical": Case("hierarchical", "causal", ("hierarchical",)),
+    "lsh": Case("lsh", "shared", ("lsh",)),
     "strided": Case("strided", "dense", ("auto", "blocked", "flex", "sdpa", "math"), True),
     "bigbird": Case("bigbird", "dense", ("auto", "blocked", "flex", "sdpa", "math"), True),
 }
 
 
 def case_mask(key: str, n: int, cfg: argparse.Namespace) -> masks.Mask:
-    if key in ("causal", "linear"):
+    if key in ("causal", "linear", "hierarchical"):
         return masks.causal()
+    if key == "lsh":
+        return masks.full()
     if key == "sliding":
         return masks.sliding_window(cfg.window, 0)
     if key == "strided":
@@ -87,11 +111,24 @@ def case_mask(key: str, n: int, cfg: argparse.Namespace) -> masks.Mask:
     raise ValueError(f"unknown case {key!r}")
 
 
-def case_title(key: str, cfg: argparse.Namespace) -> str:
+def hier_block(n: int, cfg: argparse.Namespace) -> int:
+    """``--hier-block``, or round(√N) when it is 0."""
+    return cfg.hier_block or max(1, round(math.sqrt(n)))
+
+
+def lsh_buckets_for(n: int, cfg: argparse.Namespace) -> int:
+    """About N / chunk buckets (Reformer's choice), even and at least 2."""
+    return max(2, 2 * round(n / cfg.lsh_chunk / 2))
+
+
+def case_title(key: str, cfg: argparse.Namespace, n: int) -> str:
     return {
         "causal": "dense causal",
         "sliding": f"sliding_window({cfg.window},0)",
         "linear": "causal linear",
+        "hierarchical": f"causal hierarchical(block={hier_block(n, cfg)},neighbours=1)",
+        "lsh": f"lsh(buckets={lsh_buckets_for(n, cfg)},hashes={cfg.lsh_hashes},"
+               f"chunk={cfg.lsh_chunk})",
         "strided": f"strided({cfg.stride})",
         "bigbird": f"bigbird(bs={cfg.bigbird_block},w=1,g=1,r=2)",
     }[key]
@@ -122,7 +159,7 @@ class Row:
     device: str
     case: str
     case_title: str
-    impl: str  # "baseline" or a backend name / "auto"
+    impl: str  # "baseline", a backend name / "auto", or a variant ("hierarchical", "lsh")
     label: str
     n: int
     fwd: Mode
@@ -147,18 +184,31 @@ def make_inputs(cfg, device: torch.device, key: str, n: int) -> Inputs:
     return Inputs(q, k, v, dout, case_mask(key, n, cfg))
 
 
-def make_call(impl: str, case: Case, inp: Inputs, *, for_memory: bool = False) -> Callable:
+def make_call(impl: str, case: Case, inp: Inputs, cfg, *,
+              for_memory: bool = False) -> Callable:
     """``call(q, k, v) -> out`` for one row. The baseline's dense mask is prebuilt (outside
-    the timed region) except when measuring memory, where building it counts."""
+    the timed region) except when measuring memory, where building it counts. Shared-QK rows
+    (lsh and its baseline) use ``q`` as the keys and ignore ``k``."""
     if impl == "baseline":
         if case.baseline == "causal":
             return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if case.baseline == "shared":
+            return lambda q, k, v: F.scaled_dot_product_attention(q, q, v)
         if for_memory:
             n, m = inp.q.shape[2], inp.mask
             return lambda q, k, v: F.scaled_dot_product_attention(
                 q, k, v, attn_mask=m.dense(n, n, device=q.device))
         dense = inp.dense
         return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=dense)
+    n = inp.q.shape[2]
+    if impl == "hierarchical":
+        block = hier_block(n, cfg)
+        return lambda q, k, v: hierarchical_attention(q, k, v, block=block, neighbours=1,
+                                                      causal=True)
+    if impl == "lsh":
+        nbk, nh, ch, seed = lsh_buckets_for(n, cfg), cfg.lsh_hashes, cfg.lsh_chunk, cfg.seed
+        return lambda q, k, v: lsh_attention(q, v, n_buckets=nbk, n_hashes=nh, chunk_size=ch,
+                                             seed=seed)
     mask = inp.mask
     return lambda q, k, v: attend(q, k, v, mask=mask, backend=impl)
 
@@ -186,6 +236,8 @@ def resolve(impl: str, inp: Inputs, bwd: bool) -> tuple[str, str | None]:
     """(backend that would run, reason it can't serve this call or None)."""
     if impl == "baseline":
         return "sdpa", None
+    if impl in VARIANTS:
+        return impl, None
     if impl == "auto":
         q = inp.q.detach().requires_grad_(bwd)
         with torch.set_grad_enabled(bwd):
@@ -198,11 +250,20 @@ def resolve(impl: str, inp: Inputs, bwd: bool) -> tuple[str, str | None]:
     return impl, backends.get(impl).supports(req)
 
 
-def estimate_bytes(backend: str, case: Case, inp: Inputs, bwd: bool) -> int:
-    """Rough peak for backends that materialise (B, H, N, N) scores; 0 when O(N)-ish.
+def estimate_bytes(backend: str, case: Case, inp: Inputs, bwd: bool, cfg) -> int:
+    """Rough peak for backends that materialise (B, H, N, N) scores, and for the hierarchical
+    and LSH variants (from the size of their fp32 score tensors); 0 when O(N)-ish.
     Factors: measured CPU peak RSS at N=2048 fp32 was 3.1× the fp32 score matrix for math
-    forward, 7.1× for math forward+backward, 3.4× for eager (CPU) flex forward."""
+    forward, 7.1× for math forward+backward, 3.4× for eager (CPU) flex forward; at N=4096,
+    9× / 16× the score tensor for hierarchical (block 64), 10.5× / 14.6× for LSH."""
     B, H, n, _ = inp.q.shape
+    if backend == "hierarchical":
+        numel = hierarchical_score_numel(n, hier_block(n, cfg), 1, causal=True)
+        return int(B * H * numel * 4 * (17 if bwd else 10))
+    if backend == "lsh":  # (B, H, hashes, N_pad, 2·chunk) scores
+        c = cfg.lsh_chunk
+        numel = cfg.lsh_hashes * -(-n // c) * c * 2 * c
+        return int(B * H * numel * 4 * (16 if bwd else 11))
     # fp32 at least: math upcasts half inputs; flex-eager scores assumed fp32 too
     scores = B * H * n * n * max(4, inp.q.element_size())
     if backend == "math":
@@ -221,7 +282,7 @@ def skip_reason(impl: str, backend: str, case: Case, inp: Inputs, bwd: bool, cfg
             and n > cfg.max_masked_sdpa_n):
         return (f"{via}dense-mask SDPA at N>{cfg.max_masked_sdpa_n} is very slow on CPU; "
                 f"raise --max-masked-sdpa-n")
-    est = estimate_bytes(backend, case, inp, bwd)
+    est = estimate_bytes(backend, case, inp, bwd, cfg)
     if est > cfg.max_mem_gb * 2**30:
         return f"memory: {via}est. ~{_timing.fmt_bytes(est)} > --max-mem-gb {cfg.max_mem_gb:g}"
     return None
@@ -276,7 +337,7 @@ def _mem_worker(payload: str) -> int:
         torch.set_num_threads(cfg.threads)
     case = CASES[spec["case"]]
     inp = make_inputs(cfg, torch.device("cpu"), case.key, spec["n"])
-    run = make_runner(make_call(spec["impl"], case, inp, for_memory=True), inp, spec["bwd"])
+    run = make_runner(make_call(spec["impl"], case, inp, cfg, for_memory=True), inp, spec["bwd"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         gc.collect()
@@ -332,7 +393,7 @@ def bench_modes(impls: list[str], case: Case, inp: Inputs, bwd: bool, cfg,
             if impl == "baseline" and case.baseline == "dense" and inp.dense is None:
                 n = inp.q.shape[2]
                 inp.dense = inp.mask.dense(n, n, device=device)  # outside the timed region
-            jobs.append((i, impl, backend, make_runner(make_call(impl, case, inp), inp, bwd)))
+            jobs.append((i, impl, backend, make_runner(make_call(impl, case, inp, cfg), inp, bwd)))
 
     def run_jobs(group):
         mem: dict[int, int | None] = {}
@@ -340,7 +401,8 @@ def bench_modes(impls: list[str], case: Case, inp: Inputs, bwd: bool, cfg,
         def after_warmup():
             for i, impl, _, _ in group:
                 spec = {"case": case.key, "impl": impl, "n": inp.q.shape[2], "bwd": bwd}
-                mem_run = make_runner(make_call(impl, case, inp, for_memory=True), inp, bwd)
+                mem_run = make_runner(make_call(impl, case, inp, cfg, for_memory=True), inp,
+                                      bwd)
                 mem[i] = meter.measure(mem_run, spec)
 
         ts = _timing.measure_interleaved(
@@ -370,8 +432,9 @@ def bench_modes(impls: list[str], case: Case, inp: Inputs, bwd: bool, cfg,
 
 def _label(impl: str, case: Case, modes: list[Mode]) -> str:
     if impl == "baseline":
-        return ("F.sdpa(is_causal=True) [baseline]" if case.baseline == "causal"
-                else "F.sdpa(dense bool mask) [baseline]")
+        return {"causal": "F.sdpa(is_causal=True) [baseline]",
+                "shared": "F.sdpa(q, q, v) shared-QK [baseline]"}.get(
+                    case.baseline, "F.sdpa(dense bool mask) [baseline]")
     if impl == "auto":
         fb = [m.backend for m in modes if m.backend]
         return ("auto→" + "/".join(dict.fromkeys(fb))) if fb else "auto"
@@ -389,7 +452,7 @@ def bench_rows(device_name: str, impls: list[str], case: Case, inp: Inputs, cfg,
     fwdbwd = bench_modes(impls, case, inp, True, cfg, meter)
     rows = []
     for impl, (mf, out), (mb, _) in zip(impls, fwd, fwdbwd, strict=True):
-        row = Row(device_name, case.key, case_title(case.key, cfg), impl,
+        row = Row(device_name, case.key, case_title(case.key, cfg, n), impl,
                   _label(impl, case, [mf, mb]), n, mf, mb)
         rows.append((row, out))
         if impl == "baseline":
@@ -535,6 +598,11 @@ def build_parser() -> argparse.ArgumentParser:
       help="sliding_window left size, right=0 (default: %(default)s)")
     a("--stride", type=int, default=64, help="strided pattern stride (default: %(default)s)")
     a("--bigbird-block", type=int, default=64, help="bigbird block size (default: %(default)s)")
+    a("--hier-block", type=int, default=64,
+      help="hierarchical block size; 0 = round(√N) (default: %(default)s)")
+    a("--lsh-hashes", type=int, default=2, help="LSH hash rounds (default: %(default)s)")
+    a("--lsh-chunk", type=int, default=64,
+      help="LSH chunk size; n_buckets ≈ N / chunk, even, ≥ 2 (default: %(default)s)")
     a("--pattern-n", type=int, default=None,
       help="N for strided/bigbird (default min(2048, max --seq-lens); --quick 512)")
     a("--repeats", type=int, default=None, help="timed samples per measurement (default 5; "
@@ -572,6 +640,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def finalize(cfg: argparse.Namespace) -> argparse.Namespace:
     """Fill quick-mode / derived defaults (idempotent)."""
     cfg = argparse.Namespace(**vars(cfg))
+    if cfg.hier_block < 0 or cfg.lsh_hashes < 1 or cfg.lsh_chunk < 1:
+        raise SystemExit("--hier-block must be >= 0, --lsh-hashes and --lsh-chunk >= 1")
     if getattr(cfg, "command", None) is None:
         cfg.command = _timing.command_line(None, "")
     if cfg.seq_lens is None:
@@ -674,7 +744,9 @@ def render(result: dict) -> str:
         f"Times: median ms per call of {meta['config']['repeats']} repeats after "
         f"{meta['config']['warmup']} warm-up (time.perf_counter; cuda synchronize). "
         "Ratio = t(SDPA baseline) / t(row), same N, same run: >1 = faster than the baseline. "
-        "Baselines: dense causal/linear → F.scaled_dot_product_attention(is_causal=True); "
+        "Baselines: dense causal/linear/hierarchical → "
+        "F.scaled_dot_product_attention(is_causal=True); lsh → "
+        "F.scaled_dot_product_attention(qk, qk, v) (shared QK, no mask); "
         "patterns → F.scaled_dot_product_attention with the dense bool mask built outside "
         "the timed region. fwd = no grad; fwd+bwd = forward + backward(dout). The baseline "
         "and the auto row are sampled interleaved (A B A B ...), so their ratio is paired; "
@@ -721,15 +793,16 @@ def render(result: dict) -> str:
                 notes.append(f"- [{r.device}] dense causal, auto vs SDPA, N={r.n}: "
                              + ", ".join(f"{w} {x:.3f}×" for w, x in vals)
                              + f" (target ≥ {AUTO_TARGET}) {flag}")
-        exact = r.impl != "linear" and (r.fwd.backend or r.impl) != "linear"
+        approx = APPROX.get(r.impl) or APPROX.get(r.fwd.backend)
+        exact = approx is None
         err = r.fwd.max_abs_err
         tol = _err_tol(DTYPES[meta["dtype"]])
         if err is not None and (exact and err > tol or not math.isfinite(err)):
             notes.append(f"- [{r.device}] MISMATCH {r.case_title} / {r.label}, N={r.n}: "
                          f"max |out − SDPA| = {err:.3g} > {tol:g}")
         elif err is not None and not exact:
-            notes.append(f"- [{r.device}] {r.case_title} / {r.label}, N={r.n}: approximate "
-                         f"(not softmax), max |out − SDPA| = {err:.3g}")
+            notes.append(f"- [{r.device}] {r.case_title} / {r.label}, N={r.n}: {approx}, "
+                         f"max |out − SDPA| = {err:.3g}")
     if notes:
         out += ["", "Checks:", *notes]
     out += ["", _timing.total_line(meta)]

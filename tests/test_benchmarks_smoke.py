@@ -28,8 +28,11 @@ def test_attention_benchmark_tiny_run(tmp_path, capsys):
         # one thread: OpenMP spinning on a busy machine makes 2-thread tiny calls ~10x slower
         # (flex is left out: its first call imports the compiler stack, seconds on its own)
         rc = bench.main([
-            "--device", "cpu", "--seq-lens", "128", "--cases", "causal,sliding,linear",
-            "--backends", "auto,math,sdpa,blocked,linear", "--window", "32", "--repeats", "1",
+            "--device", "cpu", "--seq-lens", "128",
+            "--cases", "causal,sliding,linear,hierarchical,lsh",
+            "--backends", "auto,math,sdpa,blocked,linear,hierarchical,lsh", "--window", "32",
+            # small blocks / chunks so that N=128 exercises the summaries and several buckets
+            "--hier-block", "16", "--lsh-chunk", "32", "--repeats", "1",
             "--warmup", "1", "--min-sample-ms", "0", "--threads", "1", "--json", str(out),
         ])
     finally:
@@ -40,7 +43,7 @@ def test_attention_benchmark_tiny_run(tmp_path, capsys):
 
     data = json.loads(out.read_text())
     rows = data["rows"]
-    assert {r["case"] for r in rows} == {"causal", "sliding", "linear"}
+    assert {r["case"] for r in rows} == {"causal", "sliding", "linear", "hierarchical", "lsh"}
     assert all(r["n"] == 128 for r in rows)
     for r in rows:
         for mode in (r["fwd"], r["fwdbwd"]):
@@ -56,3 +59,14 @@ def test_attention_benchmark_tiny_run(tmp_path, capsys):
     assert causal_base["fwd"]["ratio"] == 1.0
     math_row = next(r for r in rows if r["impl"] == "math" and r["case"] == "causal")
     assert math_row["fwd"]["ratio"] is not None and math_row["fwd"]["max_abs_err"] < 1e-3
+    # The approximate variants run forward and forward+backward, get a ratio against their
+    # baseline and an error that is reported as approximate, never as a mismatch.
+    for case in ("hierarchical", "lsh"):
+        row = next(r for r in rows if r["case"] == case and r["impl"] == case)
+        assert row["fwd"]["status"] == "ok" and row["fwdbwd"]["status"] == "ok"
+        assert row["fwd"]["ratio"] is not None and row["fwdbwd"]["ratio"] is not None
+        assert row["fwd"]["max_abs_err"] is not None
+    lsh_base = next(r for r in rows if r["case"] == "lsh" and r["impl"] == "baseline")
+    assert lsh_base["fwd"]["status"] == "ok" and lsh_base["fwdbwd"]["status"] == "ok"
+    assert "approximate (block summaries)" in table and "approximate (LSH buckets" in table
+    assert "MISMATCH" not in table
