@@ -185,7 +185,7 @@ def _token_array(texts: list[str], tok: Any) -> Any:
 def _lm_texts(data: str | None, run: dict[str, Any]) -> tuple[list[str], str]:
     """Evaluation texts: ``--data`` whole, else the run's (or the default) validation split."""
     from attnkit.commands.config_files import DataConfig
-    from attnkit.commands.train import load_corpus, split_corpus
+    from attnkit.commands.train_data import load_corpus, split_corpus
 
     if data is not None:
         docs, where = load_corpus(data)
