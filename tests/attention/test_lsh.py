@@ -61,11 +61,19 @@ def test_seeded_hashing_is_deterministic_and_seed_dependent():
 
 
 def test_hash_is_argmax_of_rotation():
-    qk = torch.randn(1, 1, 10, 4)
-    rot = torch.randn(1, 4, 1, 3, generator=torch.Generator().manual_seed(0))
-    xr = qk[0, 0] @ rot[0, :, 0]
-    expected = torch.cat([xr, -xr], -1).argmax(-1)
-    assert torch.equal(lsh_buckets(qk, 6, 1, seed=0)[0, 0, 0], expected)
+    """bucket = argmax([xR ; −xR]) per head and round (Reformer §3), ties included."""
+    B, H, N, D, R, nb = 2, 3, 50, 4, 2, 10
+    qk = torch.randn(B, H, N, D)
+    qk[:, :, :5] = 0.0  # all-zero rotations: a tie, argmax takes the first bucket
+    rot = torch.randn(H, D, R, nb // 2, generator=torch.Generator().manual_seed(0))
+    got = lsh_buckets(qk, nb, R, seed=0)
+    assert got.shape == (B, H, R, N)
+    for b in range(B):
+        for h in range(H):
+            for r in range(R):
+                xr = qk[b, h] @ rot[h, :, r]
+                assert torch.equal(got[b, h, r], torch.cat([xr, -xr], -1).argmax(-1))
+    assert (got[:, :, :, :5] == 0).all()
 
 
 @pytest.mark.parametrize("causal", [False, True])

@@ -76,7 +76,11 @@ def lsh_buckets(qk: Tensor, n_buckets: int, n_hashes: int = 1, *, seed: int | No
         generator = torch.Generator().manual_seed(seed)
     rot = torch.randn(H, D, n_hashes, n_buckets // 2, generator=generator)  # (H, D, R, nb/2)
     rotated = torch.einsum("bhnd,hdrk->bhrnk", qk.detach().float(), rot.to(qk.device))
-    return torch.cat([rotated, -rotated], dim=-1).argmax(dim=-1)  # (B, H, R, N)
+    # argmax([xR ; −xR]) without building the concatenation: the largest entry is the top of
+    # xR or minus the bottom of xR (ties go to the first half, as argmax's first index does)
+    top, i_top = rotated.max(dim=-1)  # (B, H, R, N)
+    bottom, i_bottom = rotated.min(dim=-1)
+    return torch.where(top >= -bottom, i_top, i_bottom + n_buckets // 2)
 
 
 def _resolve_buckets(qk, buckets, n_buckets, n_hashes, seed, generator) -> Tensor:
