@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnkit.attention import attend, masks
+from attnkit.attention import attend, hierarchical, masks
 from attnkit.attention.hierarchical import (
     HierarchicalAttention,
+    _hierarchical_explicit,
     hierarchical_attention,
     hierarchical_attention_reference,
     hierarchical_score_numel,
@@ -38,6 +39,99 @@ def test_fast_matches_reference_gqa_and_scale():
                                rtol=1e-5, atol=1e-5)
 
 
+# ---- fused SDPA path (no weights) vs the reference and the explicit weights path ----------
+
+
+def _grads(fn, q, k, v, **kw):
+    """Output and (dq, dk, dv) of ``(fn(q, k, v) * g).sum()`` for a fixed random ``g``."""
+    q, k, v = (x.detach().clone().requires_grad_() for x in (q, k, v))
+    out = fn(q, k, v, **kw)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    (out * g.to(out.dtype)).sum().backward()
+    return out.detach(), q.grad, k.grad, v.grad
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("neighbours", [0, 1, 2])
+@pytest.mark.parametrize("N,block", [(23, 4), (16, 4), (9, 3), (5, 8), (1, 4), (40, 7)])
+def test_fast_grads_match_reference_fp64(causal, neighbours, N, block):
+    # The reference rounds its log(n_J) bias to fp32 (torch.tensor(list of floats)), hence
+    # ~1e-8 rather than ~1e-15; with block=1 (log 1 = 0 exactly) the match is to rounding.
+    q, k, v = (x.double() for x in _qkv(B=2, H=2, N=N))
+    kw = dict(block=block, neighbours=neighbours, causal=causal)
+    fast = _grads(hierarchical_attention, q, k, v, **kw)
+    ref = _grads(hierarchical_attention_reference, q, k, v, **kw)
+    for a, b in zip(fast, ref, strict=True):
+        assert a.dtype == torch.float64
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("neighbours", [0, 2])
+def test_fast_grads_match_reference_fp64_tight(causal, neighbours):
+    q, k, v = (x.double() for x in _qkv(B=2, H=2, N=11))
+    kw = dict(block=1, neighbours=neighbours, causal=causal, scale=0.6)
+    fast = _grads(hierarchical_attention, q, k, v, **kw)
+    ref = _grads(hierarchical_attention_reference, q, k, v, **kw)
+    for a, b in zip(fast, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("neighbours", [0, 1, 2])
+@pytest.mark.parametrize("N,block", [(23, 4), (32, 8), (7, 3)])
+def test_fast_matches_explicit_fp32_with_grads(causal, neighbours, N, block):
+    q, k, v = _qkv(B=2, H=3, N=N, D=16, Dv=12)
+    kw = dict(block=block, neighbours=neighbours, causal=causal)
+    fast = _grads(hierarchical_attention, q, k, v, **kw)
+    explicit = _grads(lambda *qkv, **opt: _hierarchical_explicit(*qkv, scale=None, **opt)[0],
+                      q, k, v, **kw)
+    ref = _grads(hierarchical_attention_reference, q.double(), k.double(), v.double(), **kw)
+    for a, b, r in zip(fast, explicit, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a.double(), r, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("neighbours", [0, 1, 2])
+@pytest.mark.parametrize("N,block", [(23, 2), (40, 3), (17, 4)])
+def test_fast_causal_groups_match_reference(monkeypatch, neighbours, N, block):
+    # Tiny groups so that the causal query-block grouping (trimmed summary columns) is used.
+    monkeypatch.setattr(hierarchical, "_GROUP_BLOCKS", 2)
+    monkeypatch.setattr(hierarchical, "_MAX_GROUPS", 5)
+    q, k, v = (x.double() for x in _qkv(B=2, H=2, N=N))
+    kw = dict(block=block, neighbours=neighbours, causal=True)
+    fast = _grads(hierarchical_attention, q, k, v, **kw)
+    ref = _grads(hierarchical_attention_reference, q, k, v, **kw)
+    for a, b in zip(fast, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fast_low_precision_matches_explicit(dtype):
+    # Both paths compute in fp32 and round once at the end.
+    q, k, v = (x.to(dtype) for x in _qkv(B=2, H=2, N=37, D=16, Dv=16))
+    kw = dict(block=5, neighbours=1, causal=True)
+    fast = hierarchical_attention(q, k, v, **kw)
+    explicit = _hierarchical_explicit(q, k, v, scale=None, **kw)[0]
+    assert fast.dtype == dtype
+    torch.testing.assert_close(fast, explicit, rtol=1e-2, atol=1e-2)
+
+
+def test_return_weights_still_consistent():
+    q, k, v = _qkv(B=2, H=2, N=19)
+    kw = dict(block=4, neighbours=1, causal=True)
+    out, w = hierarchical_attention(q, k, v, return_weights=True, **kw)
+    torch.testing.assert_close(out, hierarchical_attention(q, k, v, **kw), rtol=1e-5, atol=1e-5)
+    assert w.local.shape == (2, 2, 19, 8) and w.summary.shape == (2, 2, 19, 5)
+
+
+def test_empty_sequence():
+    q = torch.randn(1, 2, 0, 8, requires_grad=True)
+    out = hierarchical_attention(q, q, q, block=4, causal=True)
+    out.sum().backward()
+    assert out.shape == (1, 2, 0, 8) and q.grad.shape == q.shape
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_single_block_is_exact_attention(causal):
     q, k, v = _qkv(N=11)
@@ -61,6 +155,12 @@ def test_constant_keys_within_blocks_is_exact(causal, neighbours, N, block):
     exact = attend(q, k, v, mask=masks.causal() if causal else None, backend="math")
     out = hierarchical_attention(q, k, v, block=block, neighbours=neighbours, causal=causal)
     torch.testing.assert_close(out, exact, rtol=1e-5, atol=1e-5)
+    # fp64: the fast path is exact to rounding (independent of the reference's fp32 bias).
+    q64, k64, v64 = q.double(), k.double(), v.double()
+    exact64 = attend(q64, k64, v64, mask=masks.causal() if causal else None, backend="math")
+    out64 = hierarchical_attention(q64, k64, v64, block=block, neighbours=neighbours,
+                                   causal=causal)
+    torch.testing.assert_close(out64, exact64, rtol=0, atol=1e-12)
     # Non-trivial: the coarse tokens do carry mass (queries past the exact window).
     w = hierarchical_attention(q, k, v, block=block, neighbours=neighbours, causal=causal,
                                return_weights=True)[1]

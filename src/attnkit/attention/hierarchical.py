@@ -20,6 +20,12 @@ any values. Excluding locally covered blocks avoids counting their mass twice.
 Cost per (batch, head): the score tensor has ``N_pad · (W·block + ⌈N/block⌉)`` entries
 (``W = 2w+1``, causal ``w+1``; ``N_pad`` = N rounded up to whole blocks), i.e.
 ``O(N·(block + N/block))`` — ``O(N^1.5)`` at ``block ≈ √N`` instead of ``O(N²)``.
+
+Two implementations: without weights, each query block is one batch entry of PyTorch's fused
+``scaled_dot_product_attention`` over its gathered local keys + the summaries, with one
+additive mask carrying the geometry (0 / ``log n_J`` / ``-inf``); with ``return_weights`` the
+scores are materialised explicitly. :func:`hierarchical_attention_reference` loops query by
+query; the tests compare all three.
 """
 
 from __future__ import annotations
@@ -82,7 +88,8 @@ def _offsets(neighbours: int, causal: bool) -> range:
 
 def hierarchical_score_numel(seq_len: int, block: int, neighbours: int = 0,
                              causal: bool = False) -> int:
-    """Entries of the fast version's score tensor per (batch, head): ``N_pad·(W·block + nb)``."""
+    """Scores per (batch, head) that one softmax spans: ``N_pad·(W·block + nb)`` (the
+    weights path materialises them; the SDPA path streams them, minus unusable summaries)."""
     nb = -(-seq_len // block)
     return nb * block * (len(_offsets(neighbours, causal)) * block + nb)
 
@@ -103,8 +110,111 @@ def hierarchical_attention(q: Tensor, k: Tensor, v: Tensor, *, block: int, neigh
 
     Returns:
         ``(B, Hq, N, Dv)`` (and the weights).
+
+    Without weights, each query block is one batch entry of PyTorch's fused
+    ``F.scaled_dot_product_attention`` over its ``W·block`` local keys and the ``nb`` coarse
+    tokens, with the geometry (validity, causality, ``log n_J``) in an additive mask. With
+    ``return_weights`` the probabilities are materialised explicitly (slower, more memory).
     """
     _check(q, k, v, block, neighbours)
+    if return_weights:
+        return _hierarchical_explicit(q, k, v, block=block, neighbours=neighbours,
+                                      causal=causal, scale=scale)
+    return _hierarchical_sdpa(q, k, v, block=block, neighbours=neighbours, causal=causal,
+                              scale=scale)
+
+
+# Causal fast path: query blocks are split into about nb / 32 groups, at most 8 (measured on CPU:
+# fewer groups waste work on unusable summaries, more make the backward pass slower).
+_GROUP_BLOCKS, _MAX_GROUPS = 32, 8
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp64 stays fp64; everything else (fp32, bf16, fp16) is computed in fp32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _sdpa_bias(N: int, block: int, neighbours: int, causal: bool, dtype: torch.dtype,
+               device: torch.device) -> Tensor:
+    """Additive SDPA mask ``(1, nb, block, W·block + nb)``, shared by every batch and head.
+
+    Key axis: local keys in the order of :func:`_offsets` (block ``I+o``, then position in the
+    block), then the coarse tokens ``J = 0..nb-1``. Entries: ``0`` (allowed local key),
+    ``log n_J`` (allowed coarse token) or ``-inf`` (outside the sequence, in the causal future,
+    or a coarse token whose block is covered locally / not fully past).
+    """
+    nb = max(1, -(-N // block))
+    offs = torch.tensor(list(_offsets(neighbours, causal)), device=device)
+    blk = torch.arange(nb, device=device)
+    t = torch.arange(block, device=device)
+    src_blk = blk[:, None] + offs[None, :]  # (nb, W)
+    kpos = (src_blk[:, :, None] * block + t).reshape(nb, -1)  # (nb, W·block)
+    in_range = ((src_blk >= 0) & (src_blk < nb))[:, :, None].expand(-1, -1, block)
+    local_ok = (in_range.reshape(nb, -1) & (kpos < N))[:, None, :]  # (nb, 1, W·block)
+    if causal:
+        qpos = blk[:, None] * block + t  # (nb, block)
+        local_ok = local_ok & (kpos[:, None, :] <= qpos[:, :, None])  # (nb, block, W·block)
+    gap = blk[None, :] - blk[:, None]  # (I, J) -> J - I
+    sum_ok = (gap < -neighbours) if causal else (gap.abs() > neighbours)  # (nb, nb)
+    log_n = (N - blk * block).clamp(min=1, max=block).to(dtype).log()  # (nb,)
+    neg_inf = torch.tensor(float("-inf"), dtype=dtype, device=device)
+    bias_local = torch.where(local_ok, torch.zeros((), dtype=dtype, device=device), neg_inf)
+    bias_sum = torch.where(sum_ok, log_n, neg_inf)[:, None, :]  # (nb, 1, nb)
+    W = offs.numel()
+    return torch.cat([bias_local.expand(nb, block, W * block),
+                      bias_sum.expand(nb, block, nb)], dim=-1)[None]
+
+
+def _hierarchical_sdpa(q: Tensor, k: Tensor, v: Tensor, *, block: int, neighbours: int,
+                       causal: bool, scale: float | None) -> Tensor:
+    """Fast path: fused SDPA (one call per query-block group), blocks on the head axis."""
+    B, H, N, D = q.shape
+    n_rep = H // k.shape[1]
+    k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    ct = _compute_dtype(q.dtype)
+    nb = max(1, -(-N // block))
+    P = nb * block
+    lo = neighbours  # blocks of zeros in front (offsets -w..), and behind when not causal
+    hi = 0 if causal else neighbours
+    qb = F.pad(q.to(ct), (0, 0, 0, P - N)).reshape(B * H, nb, block, D)
+
+    counts = (N - torch.arange(nb, device=q.device) * block).clamp(1, block).to(ct)  # n_J
+
+    def blocks(x: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, H, N, E) -> zero-padded blocks (B·H, lo + nb + hi, block, E), means (B·H, nb, E)."""
+        E = x.shape[-1]
+        xb = F.pad(x.to(ct), (0, 0, lo * block, P - N + hi * block))
+        xb = xb.reshape(B * H, lo + nb + hi, block, E)
+        return xb, xb[:, lo:lo + nb].sum(2) / counts[:, None]
+
+    def keys(xb: Tensor, pooled: Tensor, I0: int, I1: int, nJ: int) -> Tensor:
+        """Keys of query blocks I0..I1-1: (B·H, I1-I0, W·block + nJ, E), local then coarse."""
+        local = [xb[:, I0 + a:I1 + a] for a in range(lo + 1 + hi)]  # W × (B·H, ·, block, E)
+        return torch.cat([*local, pooled[:, None, :nJ].expand(-1, I1 - I0, -1, -1)], dim=2)
+
+    kb, kbar = blocks(k)
+    vb, vbar = blocks(v)
+    bias = _sdpa_bias(N, block, neighbours, causal, ct, q.device)  # (1, nb, block, L)
+    L = (lo + 1 + hi) * block
+    # Causal: block I only sees summaries J < I - w, so query blocks are split into G groups that
+    # drop the summary columns no query in the group can use (up to ~1/3 of the work).
+    G = max(1, min(_MAX_GROUPS, nb // _GROUP_BLOCKS)) if causal else 1
+    edges = [round(nb * g / G) for g in range(G + 1)]
+    outs = []
+    for I0, I1 in zip(edges[:-1], edges[1:], strict=True):
+        nJ = max(0, I1 - 1 - neighbours) if causal else nb
+        outs.append(F.scaled_dot_product_attention(
+            qb[:, I0:I1], keys(kb, kbar, I0, I1, nJ), keys(vb, vbar, I0, I1, nJ),
+            attn_mask=bias[:, I0:I1, :, :L + nJ], scale=scale))
+    out = outs[0] if G == 1 else torch.cat(outs, dim=1)  # (B·H, nb, block, Dv)
+    return out.reshape(B, H, P, -1)[:, :, :N].to(q.dtype)  # (B, H, N, Dv)
+
+
+def _hierarchical_explicit(q: Tensor, k: Tensor, v: Tensor, *, block: int, neighbours: int,
+                           causal: bool, scale: float | None
+                           ) -> tuple[Tensor, HierarchicalWeights]:
+    """Weights path: materialises the fp32 scores ``(B, H, nb, block, W·block + nb)``."""
     B, H, N, D = q.shape
     n_rep = H // k.shape[1]
     k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
@@ -154,8 +264,6 @@ def hierarchical_attention(q: Tensor, k: Tensor, v: Tensor, *, block: int, neigh
     p_local, p_sum = p[..., :L], p[..., L:]
     out = p_local @ vl + p_sum @ v_sum.unsqueeze(2)  # (B, H, nb, block, Dv)
     out = out.reshape(B, H, P, -1)[:, :, :N].to(q.dtype)
-    if not return_weights:
-        return out
     w = HierarchicalWeights(
         local=p_local.reshape(B, H, P, L)[:, :, :N].to(q.dtype),
         summary=p_sum.reshape(B, H, P, nb)[:, :, :N].to(q.dtype),
@@ -195,7 +303,8 @@ def hierarchical_attention_reference(q: Tensor, k: Tensor, v: Tensor, *, block: 
                     keys.append(K[a:z].mean(0))
                     vals.append(V[a:z].mean(0))
                     bias.append(math.log(z - a))
-                s = torch.stack(keys) @ q[b, h, i].double() * scale + torch.tensor(bias).double()
+                s = (torch.stack(keys) @ q[b, h, i].double() * scale
+                     + torch.tensor(bias, dtype=torch.float64))
                 out[b, h, i] = torch.softmax(s, dim=0) @ torch.stack(vals)
     return out.to(q.dtype)
 
