@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import typer
 from rich.console import Console
 
 __all__ = ["CliError", "fail", "cli_errors", "rank", "is_main", "echo", "console",
-           "cpu_threads", "available_cores", "LoadedModel", "find_checkpoint",
+           "cpu_threads", "busy_cores", "available_cores", "LoadedModel", "find_checkpoint",
            "checkpoint_kind", "load_any", "load_hf_model",
            "read_run_info", "write_json", "human", "RUN_FILE", "EXIT_USAGE"]
 
@@ -98,14 +99,47 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def busy_cores(window_s: float = 0.3) -> float | None:
+    """How many of the CPUs this process may run on were busy during a ``window_s`` sleep
+    (``/proc/stat`` jiffies: all but idle and iowait), i.e. busy with *other* processes;
+    None where ``/proc/stat`` or CPU affinity is unavailable (not Linux)."""
+    try:
+        cpus = {f"cpu{i}" for i in os.sched_getaffinity(0)}
+    except (AttributeError, OSError):
+        return None
+
+    def sample() -> tuple[int, int]:
+        busy = total = 0
+        with open("/proc/stat") as f:
+            for line in f:
+                name, *fields = line.split()
+                if name in cpus:
+                    v = [int(x) for x in fields[:8]]  # user nice system idle iowait irq ...
+                    total += sum(v)
+                    busy += sum(v) - v[3] - v[4]
+        return busy, total
+
+    try:
+        b0, t0 = sample()
+        time.sleep(window_s)
+        b1, t1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    if t1 <= t0:
+        return None
+    return len(cpus) * (b1 - b0) / (t1 - t0)
+
+
 @contextmanager
 def cpu_threads(requested: int, device: str) -> Iterator[str | None]:
     """Set torch's intra-op threads for the duration (restored afterwards); yields a note.
 
     ``requested`` > 0: that many. 0 (auto): torch's default, except on a CPU run when other
-    processes already keep cores busy (1-minute load average): then only the cores that look
-    free (at least 1). OpenMP threads that wait on a descheduled sibling spin, so an
-    oversubscribed CPU runs a small model 5-20x slower than one thread would.
+    processes keep cores busy: then only the cores that look free (at least 1). OpenMP threads
+    that wait on a descheduled sibling spin, so an oversubscribed CPU runs a small model 5-20x
+    slower than one thread would. "Busy" is measured now, over a short sleep
+    (:func:`busy_cores`); where that cannot be read, the 1-minute load average stands in
+    (it lags: a job that just ended still counts).
     """
     import torch
 
@@ -114,18 +148,21 @@ def cpu_threads(requested: int, device: str) -> Iterator[str | None]:
     n = before
     if requested > 0:
         n = requested
-    elif device in ("auto", "cpu") and not torch.cuda.is_available():
-        try:
-            load = os.getloadavg()[0]
-        except OSError:
-            load = 0.0
+    elif before > 1 and device in ("auto", "cpu") and not torch.cuda.is_available():
         cores = available_cores()
+        busy = busy_cores()
+        if busy is None:
+            try:
+                busy, what = os.getloadavg()[0], "load average"
+            except OSError:
+                busy, what = 0.0, "load average"
+        else:
+            what = "cores busy with other work"
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        free = max(1, int(cores - load + 0.5) // world)
+        free = max(1, int(cores - busy + 0.5) // world)
         if free < before:
             n = free
-            note = (f"threads: {n} (load average {load:.1f} on {cores} cores; "
-                    "--threads N to override)")
+            note = f"threads: {n} ({what} {busy:.1f} of {cores}; --threads N to override)"
     torch.set_num_threads(n)
     try:
         yield note
