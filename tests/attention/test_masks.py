@@ -512,3 +512,27 @@ BAD = [
 def test_bad_arguments_raise_value_error(call, word):
     with pytest.raises(ValueError, match=word):
         call()
+
+
+def test_materialised_forms_are_bounded_per_mask():
+    """One pattern used at many shapes (a decoding loop over a shared causal mask) keeps at
+    most a few of each materialised form, least recently used dropped first."""
+    from attnkit.attention import attend
+    from attnkit.attention.masks import _CACHE_LIMITS
+
+    m = masks.causal()
+    q = torch.randn(1, 2, 1, 8)
+    for L in range(1, 60):
+        k = v = torch.randn(1, 2, L, 8)
+        attend(q, k, v, mask=m, backend="blocked")
+        m.dense(1, L)
+        m.block_layout(1, L)
+    kinds = [key[0] for key in m._cache]
+    assert kinds.count("dense") <= _CACHE_LIMITS["dense"]
+    for kind in set(kinds) - {"dense"}:
+        assert kinds.count(kind) <= _CACHE_LIMITS["other"], kind
+    assert len(m._cache) <= _CACHE_LIMITS["dense"] + 2 * _CACHE_LIMITS["other"]
+    first = m.dense(4, 4)
+    for L in range(5, 5 + _CACHE_LIMITS["dense"] - 1):
+        m.dense(L, L)
+        assert m.dense(4, 4) is first  # recently used: kept

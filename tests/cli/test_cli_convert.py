@@ -77,3 +77,14 @@ def test_convert_errors(hf_gpt2, tmp_path):
                                                          tmp_path / "o"))
     assert "valid formats" in error_line(cli("convert", "--to", "onnx", src, tmp_path / "o"))
     assert cli("convert", src, tmp_path / "full", "--overwrite").exit_code == 0
+
+
+def test_overwrite_never_deletes_the_source(hf_gpt2, tmp_path):
+    import shutil
+
+    src, _ = hf_gpt2
+    inner = tmp_path / "outer" / "hf"
+    shutil.copytree(src, inner)
+    for dst in (tmp_path / "outer", inner):  # a parent of the source, the source itself
+        line = error_line(cli("convert", inner, dst, "--overwrite"))
+        assert "overlap" in line and (inner / "config.json").is_file()

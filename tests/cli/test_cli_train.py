@@ -294,3 +294,16 @@ def test_tensorboard_flag(tmp_path, corpus_file):
     else:
         assert r.exit_code == 0, r.stderr
         assert any((out / "tb").iterdir())
+
+
+def test_resume_settings_keep_the_saved_model(trained):
+    """On --resume, naming the same objective (flag or --set) keeps the saved preset and its
+    model overrides; `train.resume=true` is the boolean, not a checkpoint path."""
+    out, _ = trained
+    for sets, flags in ((["train.resume=true"], {}), ([], {"resume": True}),
+                        ([], {"resume": True, "objective": "causal"}),
+                        (["objective=causal", "train.resume=yes"], {})):
+        res = resolve_run(None, sets, {"out": str(out), **flags})
+        assert res.resume and res.train.resume is True, (sets, flags)
+        assert res.run.model_preset == "char-gpt"
+        assert res.run.model == {"n_layers": 1, "d_model": 32, "n_heads": 2}, (sets, flags)

@@ -18,6 +18,7 @@ Patterns combine with ``&`` (both allow), ``|`` (either allows) and ``~`` (negat
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -42,12 +43,36 @@ __all__ = [
 ]
 
 MaskFn = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
-_DENSE_CACHE = 4  # whole dense matrices kept per Mask (they are reused call after call)
+# Materialised forms kept per Mask and kind (least recently used go first): a few dense
+# matrices (large), more of the small tile layouts / plans / BlockMasks.
+_CACHE_LIMITS = {"dense": 4, "other": 16}
 
 
 def _on(t: Tensor, like: Tensor) -> Tensor:
     """``t`` on ``like``'s device (no-op when already there)."""
     return t if t.device == like.device else t.to(like.device)
+
+
+class ShapeCache(OrderedDict):
+    """A mask's materialised forms by ``(kind, shape...)`` key, least recently used first,
+    with at most ``limits[kind]`` entries of each kind (:data:`_CACHE_LIMITS`), so a pattern
+    shared by many shapes (one causal mask over a decoding loop) stays bounded."""
+
+    def __getitem__(self, key):
+        value = super().__getitem__(key)
+        self.move_to_end(key)
+        return value
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        limit = _CACHE_LIMITS.get(key[0], _CACHE_LIMITS["other"])
+        same = [k for k in self if k[0] == key[0]]
+        for k in same[: max(0, len(same) - limit)]:
+            del self[k]
 
 
 @dataclass(frozen=True)
@@ -87,7 +112,7 @@ class Mask:
     batch_dependent: bool = False
     head_dependent: bool = False
     batch_size: int | None = None  # set when the pattern indexes a per-batch tensor
-    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+    _cache: dict = field(default_factory=lambda: ShapeCache(), repr=False, compare=False)
 
     def __call__(self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         return self.fn(b, h, q_idx, kv_idx)
@@ -165,10 +190,7 @@ class Mask:
         q = torch.arange(q_start + offset, q_stop + offset, device=device).view(1, 1, -1, 1)
         kv = torch.arange(kv_len, device=device).view(1, 1, 1, -1)
         out = self.fn(b, h, q, kv).expand(nb, nh, q_stop - q_start, kv_len)
-        if whole:  # keep the most recent few whole matrices (patterns are immutable)
-            dense_keys = [k for k in self._cache if k[0] == "dense"]
-            for k in dense_keys[: max(0, len(dense_keys) - _DENSE_CACHE + 1)]:
-                del self._cache[k]
+        if whole:  # patterns are immutable: keep it (ShapeCache bounds how many)
             self._cache[key] = out
         return out
 

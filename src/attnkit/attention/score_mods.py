@@ -147,7 +147,7 @@ def alibi(num_heads: int, slopes: Tensor | None = None, *, symmetric: bool = Fal
         return score + (s[h] * d).to(score.dtype)
 
     return ScoreMod(fn, f"alibi({num_heads}{',sym' if symmetric else ''})", additive=True,
-                    params=(S,), finite=bool(torch.isfinite(S).all()))
+                    params=(S,), finite=slopes is None or bool(torch.isfinite(S).all()))
 
 
 def softcap(cap: float) -> ScoreMod:
@@ -174,6 +174,8 @@ def bias_from_tensor(bias: Tensor) -> ScoreMod:
         hh = h.clamp(max=t.shape[1] - 1)
         return score + t[bb, hh, q - off, kv].to(score.dtype)
 
+    # not `finite`: a mask-style bias (finfo.min, -1e9) may hold or round to -inf in low
+    # precision, and the tensor may change after this call
     return ScoreMod(fn, f"bias{tuple(bias.shape)}", additive=True,
                     batch_dependent=bias.shape[0] > 1, head_dependent=bias.shape[1] > 1,
-                    params=(bias,), finite=bool(torch.isfinite(bias).all()))
+                    params=(bias,))

@@ -148,7 +148,8 @@ def cpu_threads(requested: int, device: str) -> Iterator[str | None]:
     n = before
     if requested > 0:
         n = requested
-    elif before > 1 and device in ("auto", "cpu") and not torch.cuda.is_available():
+    elif before > 1 and (device == "cpu" or (device == "auto"
+                                              and not torch.cuda.is_available())):
         cores = available_cores()
         busy = busy_cores()
         if busy is None:

@@ -285,8 +285,12 @@ def coerce_fields(cls: type, values: dict[str, Any], what: str) -> dict[str, Any
     out = {}
     for k, v in values.items():
         tp = types_[k]
-        want_str = tp is str or (_union_args(tp) is not None and str in _union_args(tp))
-        if isinstance(v, str) and not want_str:
+        args = _union_args(tp)
+        want_str = tp is str or (args is not None and str in args)
+        if isinstance(v, str) and args is not None and bool in args and v.strip().lower() in (
+                "true", "false", "yes", "no"):  # bool | str (e.g. resume): the words are bools
+            v = v.strip().lower() in ("true", "yes")
+        elif isinstance(v, str) and not want_str:
             try:
                 v = coerce(v, tp)
             except ValueError as e:

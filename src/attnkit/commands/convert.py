@@ -58,8 +58,10 @@ def convert_cmd(
         if d.exists() and (not d.is_dir() or any(d.iterdir())):
             if not overwrite:
                 fail(f"destination {d} exists and is not empty; pass --overwrite to replace it")
-            if d.resolve() == s.resolve():
-                fail("destination and source are the same directory")
+            ds, ss = d.resolve(), s.resolve()
+            if ds == ss or ss.is_relative_to(ds) or ds.is_relative_to(ss):
+                fail(f"destination {d} and source {s} overlap: --overwrite would delete the "
+                     "source; pick another destination")
             shutil.rmtree(d) if d.is_dir() else d.unlink()
         if from_ == "hf":
             message = _hf_to_attnkit(s, d)

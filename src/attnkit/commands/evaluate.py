@@ -216,7 +216,7 @@ def _task_file(data: str | None, run: dict[str, Any], what: str) -> str:
 
 def evaluate_cmd(
     checkpoint: str = typer.Option(
-        "runs/char-gpt/best", "--checkpoint", "-k",
+        "runs/char-gpt", "--checkpoint", "-k",
         help="attnkit checkpoint dir, a run's out dir (best/, else last/), or a HF model dir."),
     data: str = typer.Option(None, "--data", "-d", help="Evaluation data (default: the run's "
                              "validation split; see the table in the docs)."),
@@ -239,7 +239,7 @@ def evaluate_cmd(
 ) -> None:
     """Held-out metrics: LM loss/perplexity, classifier accuracy, or QA exact match/F1.
 
-    Example: attnkit evaluate --checkpoint runs/char-gpt/best
+    Example: attnkit evaluate --checkpoint runs/char-gpt
     """
     with cpu_threads(threads, device), cli_errors():
         lm = load_any(checkpoint, device)

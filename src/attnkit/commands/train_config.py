@@ -164,7 +164,7 @@ def resolve_run(config_file: str | None = None, sets: list[str] | None = None,
                 tokenizer=TokenizerConfig(**saved.get("tokenizer") or {}))
         except (ValueError, KeyError, TypeError) as e:
             fail(f"cannot read {saved_file} to resume from ({type(e).__name__}: {e})")
-        if objective is None and preset is None:
+        if preset is None and objective in (None, base.objective):  # the same model family
             objective, preset = base.objective, base.model_preset
             full_model = preset is None
     objective = objective or "causal"

@@ -141,7 +141,7 @@ class CausalLMOutput:
 
 
 # One shared causal pattern, built once rather than per forward: a constant for
-# torch.compile. (Its caches are bounded: a few dense matrices, block layouts per shape.)
+# torch.compile. (Its caches are bounded: masks.ShapeCache keeps a few forms per kind.)
 _CAUSAL = masks.causal()
 
 
