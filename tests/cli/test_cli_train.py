@@ -307,3 +307,20 @@ def test_resume_settings_keep_the_saved_model(trained):
         assert res.resume and res.train.resume is True, (sets, flags)
         assert res.run.model_preset == "char-gpt"
         assert res.run.model == {"n_layers": 1, "d_model": 32, "n_heads": 2}, (sets, flags)
+
+
+def test_resume_with_more_steps_rederives_step_defaults(trained, tmp_path):
+    import shutil
+
+    out, _ = trained  # 3 steps: warmup 0, no periodic evaluation
+    res = resolve_run(None, [], {"out": str(out), "resume": True, "steps": 400})
+    assert (res.train.warmup_steps, res.train.eval_every, res.train.save_every) == (40, 50, 50)
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    run = json.loads((copy / "run.json").read_text())
+    run["train"]["eval_every"] = 7  # chosen by the user: kept
+    (copy / "run.json").write_text(json.dumps(run))
+    res = resolve_run(None, [], {"out": str(copy), "resume": True, "steps": 400})
+    assert (res.train.warmup_steps, res.train.eval_every) == (40, 7)
+    same = resolve_run(None, [], {"out": str(out), "resume": True})
+    assert same.train.steps == 3 and same.train.eval_every == 0

@@ -187,12 +187,16 @@ def resolve_run(config_file: str | None = None, sets: list[str] | None = None,
     # training defaults that follow the number of steps and the model width (unless set)
     train = coerce_fields(TrainConfig, train, "train")
     steps = train.get("steps", DEFAULT_STEPS)
-    if "warmup_steps" not in train:
-        train["warmup_steps"] = min(100, steps // 10)
-    if "eval_every" not in train:  # 8 evaluations (short runs: at the end only)
-        train["eval_every"] = steps // 8 if steps >= 16 else 0
-    if "save_every" not in train:
-        train["save_every"] = train["eval_every"]
+    old_steps = base.train.get("steps")
+    if resume and old_steps is not None and steps != old_steps:
+        # a resumed run with a new length: re-derive what the saved run had derived from its
+        # old length (a saved value equal to that derivation), unless given now
+        for key in ("warmup_steps", "eval_every", "save_every"):
+            if key not in explicit["train"] and train.get(key) == _derived(key, old_steps):
+                del train[key]
+    for key in ("warmup_steps", "eval_every", "save_every"):
+        if key not in train:
+            train[key] = _derived(key, steps)
     if "lr" not in train:
         width = model_over.get("d_model", (model_cls.presets.get(preset) or {}).get("d_model"))
         if not isinstance(width, int):
@@ -218,6 +222,14 @@ def resolve_run(config_file: str | None = None, sets: list[str] | None = None,
                     data=DataConfig(**coerce_fields(DataConfig, data, "data")),
                     tokenizer=TokenizerConfig(**coerce_fields(TokenizerConfig, tok, "tokenizer")))
     return ResolvedRun(run, tc, out_dir, resume)
+
+
+def _derived(key: str, steps: int) -> int:
+    """The default of a step-count-derived setting: warmup 10% (at most 100 steps); 8
+    evaluations and saves (runs under 16 steps: at the end only)."""
+    if key == "warmup_steps":
+        return min(100, steps // 10)
+    return steps // 8 if steps >= 16 else 0  # eval_every, save_every
 
 
 _FLAG_KEYS: dict[str, tuple[str, str]] = {
