@@ -18,6 +18,8 @@ import ctypes
 import ctypes.util
 import json
 import math
+import os
+import platform
 import resource
 import shlex
 import statistics
@@ -41,6 +43,8 @@ __all__ = [
     "command_line",
     "total_line",
     "write_json",
+    "device_desc",
+    "loadavg",
 ]
 
 
@@ -261,3 +265,27 @@ def write_json(path: str, result: dict) -> None:
         json.dump({"meta": result["meta"], "rows": [asdict(r) for r in result["rows"]]}, f,
                   indent=2)
     print(f"wrote {path}", file=sys.stderr)
+
+
+def device_desc(device) -> str:
+    """``cuda (<name>)`` or ``cpu (<model name>, N logical cores)`` for the report header."""
+    import torch
+
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    model = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
+                         model)
+    except OSError:
+        pass
+    return f"cpu ({model}, {os.cpu_count()} logical cores)" if model else "cpu"
+
+
+def loadavg() -> list[float] | None:
+    """The 1/5/15-minute load averages (None where the OS has none)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None

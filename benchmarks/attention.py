@@ -663,26 +663,6 @@ def _cfg_dict(cfg) -> dict:
     return {k: v for k, v in vars(cfg).items() if k != "torch_dtype"}
 
 
-def _device_desc(d: torch.device) -> str:
-    if d.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(d)})"
-    model = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
-                         model)
-    except OSError:
-        pass
-    return f"cpu ({model}, {os.cpu_count()} logical cores)" if model else "cpu"
-
-
-def _loadavg() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
-        return None
-
-
 def make_meta(cfg, devices: list[torch.device]) -> dict:
     mem = {}
     for d in devices:
@@ -695,10 +675,10 @@ def make_meta(cfg, devices: list[torch.device]) -> dict:
     return {
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "devices": [_device_desc(d) for d in devices],
+        "devices": [_timing.device_desc(d) for d in devices],
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
-        "loadavg_at_start": _loadavg(),
+        "loadavg_at_start": (_timing.loadavg() or [None])[0],
         "dtype": str(cfg.torch_dtype).replace("torch.", ""),
         "shape": {"B": cfg.batch, "H": cfg.heads, "D": cfg.head_dim},
         "command": cfg.command,

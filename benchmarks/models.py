@@ -522,13 +522,6 @@ def _cpu_desc() -> str:
     return f"{model}, {os.cpu_count()} logical cores" if model else f"{os.cpu_count()} cores"
 
 
-def _loadavg() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
-
-
 def run_benchmarks(cfg: argparse.Namespace, log: Callable[[str], None] | None = None) -> dict:
     """Build, check and time every requested model; returns ``{"meta", "rows"}``."""
     cfg = finalize(cfg)
@@ -543,7 +536,7 @@ def run_benchmarks(cfg: argparse.Namespace, log: Callable[[str], None] | None = 
         "torch": torch.__version__, "transformers": transformers.__version__,
         "python": platform.python_version(), "device": f"cpu ({_cpu_desc()})",
         "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-        "loadavg_at_start": _loadavg(), "dtype": str(cfg.torch_dtype).replace("torch.", ""),
+        "loadavg_at_start": _timing.loadavg(), "dtype": str(cfg.torch_dtype).replace("torch.", ""),
         "hf_attn_implementation": "sdpa", "attention_mask": not cfg.no_attention_mask,
         "command": cfg.command, "repeats": cfg.repeats, "warmup": cfg.warmup,
         "config": {k: v for k, v in vars(cfg).items() if k != "torch_dtype"},
@@ -560,7 +553,7 @@ def run_benchmarks(cfg: argparse.Namespace, log: Callable[[str], None] | None = 
         meta["interrupted"] = True
     finally:
         torch.set_num_threads(old_threads)
-    meta["loadavg_at_end"] = _loadavg()
+    meta["loadavg_at_end"] = _timing.loadavg()
     meta["total_s"] = round(time.perf_counter() - t0, 1)
     return {"meta": meta, "rows": rows}
 

@@ -661,26 +661,6 @@ def finalize(cfg: argparse.Namespace, device: torch.device) -> argparse.Namespac
     return cfg
 
 
-def _loadavg() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
-
-
-def _device_desc(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    model = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
-                         model)
-    except OSError:
-        pass
-    return f"cpu ({model}, {os.cpu_count()} logical cores)"
-
-
 def run_benchmarks(cfg: argparse.Namespace, log: Callable[[str], None] | None = None) -> dict:
     device = torch.device(cfg.device)
     cfg = finalize(cfg, device)
@@ -692,8 +672,8 @@ def run_benchmarks(cfg: argparse.Namespace, log: Callable[[str], None] | None = 
     torch.set_num_threads(cfg.threads)
     meta: dict[str, Any] = {
         "torch": torch.__version__, "python": platform.python_version(),
-        "device": _device_desc(device), "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(), "loadavg_at_start": _loadavg(), "dtype": cfg.dtype_name,
+        "device": _timing.device_desc(device), "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(), "loadavg_at_start": _timing.loadavg(), "dtype": cfg.dtype_name,
         "command": cfg.command, "warmup": cfg.warmup, "gpt2_warmup": cfg.gpt2_warmup,
         "compile_warmup": cfg.compile_warmup,
         "activation": cfg.activation, "bias": cfg.bias, "baseline": BASELINE,
@@ -716,7 +696,7 @@ def run_benchmarks(cfg: argparse.Namespace, log: Callable[[str], None] | None = 
         meta["interrupted"] = True
     finally:
         torch.set_num_threads(old_threads)
-    meta["loadavg_at_end"] = _loadavg()
+    meta["loadavg_at_end"] = _timing.loadavg()
     meta["total_s"] = round(time.perf_counter() - t0, 1)
     return {"meta": meta, "rows": rows}
 

@@ -46,3 +46,12 @@ def test_report_plumbing(tmp_path, capsys):
     timing.write_json(str(path), {"meta": {"n": 1}, "rows": [_Row("a", 1.5)]})
     assert json.loads(path.read_text()) == {"meta": {"n": 1}, "rows": [{"name": "a", "ms": 1.5}]}
     assert f"wrote {path}" in capsys.readouterr().err
+
+
+def test_machine_description():
+    import torch
+
+    timing = _load()
+    assert timing.device_desc(torch.device("cpu")).startswith("cpu")
+    load = timing.loadavg()
+    assert load is None or (len(load) == 3 and all(x >= 0 for x in load))
