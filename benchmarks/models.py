@@ -511,17 +511,6 @@ def finalize(cfg: argparse.Namespace) -> argparse.Namespace:
     return cfg
 
 
-def _cpu_desc() -> str:
-    model = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
-                         model)
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} logical cores" if model else f"{os.cpu_count()} cores"
-
-
 def run_benchmarks(cfg: argparse.Namespace, log: Callable[[str], None] | None = None) -> dict:
     """Build, check and time every requested model; returns ``{"meta", "rows"}``."""
     cfg = finalize(cfg)
@@ -534,7 +523,7 @@ def run_benchmarks(cfg: argparse.Namespace, log: Callable[[str], None] | None = 
         torch.set_num_threads(cfg.threads)
     meta = {
         "torch": torch.__version__, "transformers": transformers.__version__,
-        "python": platform.python_version(), "device": f"cpu ({_cpu_desc()})",
+        "python": platform.python_version(), "device": _timing.device_desc(torch.device("cpu")),
         "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "loadavg_at_start": _timing.loadavg(), "dtype": str(cfg.torch_dtype).replace("torch.", ""),
         "hf_attn_implementation": "sdpa", "attention_mask": not cfg.no_attention_mask,
