@@ -45,6 +45,7 @@ __all__ = [
     "write_json",
     "device_desc",
     "loadavg",
+    "run_script",
 ]
 
 
@@ -289,3 +290,17 @@ def loadavg() -> list[float] | None:
         return [round(x, 2) for x in os.getloadavg()]
     except (AttributeError, OSError):
         return None
+
+
+def run_script(argv: list[str] | None, script: str, parser, run: Callable[[Any], dict],
+               render: Callable[[dict], str]) -> int:
+    """A benchmark script's ``main``: parse, run, print the report, write ``--json``; exit
+    status 1 when the run was interrupted or a row failed."""
+    cfg = parser.parse_args(argv)
+    cfg.command = command_line(argv, script)
+    result = run(cfg)
+    print(render(result))
+    if cfg.json:
+        write_json(cfg.json, result)
+    bad = result["meta"]["interrupted"] or any(r.status != "ok" for r in result["rows"])
+    return 1 if bad else 0

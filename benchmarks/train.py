@@ -801,14 +801,7 @@ def render(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = build_parser().parse_args(argv)
-    cfg.command = _timing.command_line(argv, "benchmarks/train.py")
-    result = run_benchmarks(cfg)
-    print(render(result))
-    if cfg.json:
-        _timing.write_json(cfg.json, result)
-    bad = result["meta"]["interrupted"] or any(r.status != "ok" for r in result["rows"])
-    return 1 if bad else 0
+    return _timing.run_script(argv, "benchmarks/train.py", build_parser(), run_benchmarks, render)
 
 
 if __name__ == "__main__":
