@@ -126,6 +126,21 @@ class _Rows:
     def done(self) -> bool:
         return all(self.finished)
 
+    def sample(self, logits: Tensor, cfg: GenerationConfig, seen: Tensor | None,
+               gen: torch.Generator | None, pad_id: int) -> Tensor | None:
+        """One decoding step from ``logits (B, V)``: the next token of every row (``pad_id``
+        for finished rows), pushed and marked in ``seen``; None once every row is done."""
+        active = self.active(logits.device)
+        # a finished row may attend to padding only (NaN logits): never let it sample
+        logits = torch.where(active[:, None], logits.float(), 0.0)
+        nxt = torch.where(active, select_next_token(logits, cfg, seen, gen), pad_id)
+        self.push(nxt.tolist())
+        if self.done:
+            return None
+        if seen is not None:
+            seen[torch.arange(len(self.out), device=logits.device), nxt] |= active
+        return nxt
+
 
 # ---- decoder-only ---------------------------------------------------------------------------
 
@@ -182,15 +197,9 @@ def generate(model: CausalLM, input_ids: Tensor | Sequence[Sequence[int]],
                 logits = model(step_ids, attention_mask=mask, caches=caches).logits[:, -1]
             else:
                 logits = model(ids, attention_mask=mask).logits[:, -1]
-            active = rows.active(dev)
-            # a finished row may attend to padding only (NaN logits): never let it sample
-            logits = torch.where(active[:, None], logits.float(), 0.0)
-            nxt = torch.where(active, select_next_token(logits, cfg, seen, gen), cfg.pad_token_id)
-            rows.push(nxt.tolist())
-            if rows.done:
+            nxt = rows.sample(logits, cfg, seen, gen, cfg.pad_token_id)
+            if nxt is None:
                 break
-            if seen is not None:
-                seen[torch.arange(B, device=dev), nxt] |= active
             feed = rows.active(dev)  # rows that go on: feed their token; others pad, masked
             step_ids = torch.where(feed, nxt, cfg.pad_token_id)[:, None]
             ids = torch.cat([ids, step_ids], dim=1)
@@ -242,14 +251,9 @@ def generate_seq2seq(model: Seq2SeqLM, input_ids: Tensor, attention_mask: Tensor
                 logits = model.decode_step(dec[:, -1:], state).logits[:, -1]
             else:
                 logits = model(input_ids, attention_mask, dec).logits[:, -1]
-            active = rows.active(dev)
-            logits = torch.where(active[:, None], logits.float(), 0.0)
-            nxt = torch.where(active, select_next_token(logits, cfg, seen, gen), mc.pad_token_id)
-            rows.push(nxt.tolist())
-            if rows.done:
+            nxt = rows.sample(logits, cfg, seen, gen, mc.pad_token_id)
+            if nxt is None:
                 break
-            if seen is not None:
-                seen[torch.arange(B, device=dev), nxt] |= active
             dec = torch.cat([dec, nxt[:, None]], dim=1)
     return rows.out
 

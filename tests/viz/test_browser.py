@@ -21,11 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from attnkit.data.tokenizers import train_wordpiece
-from attnkit.interop.hf import save_hf
-from attnkit.models import CausalLM, CausalLMConfig
 from attnkit.viz.capture import capture
-from attnkit.viz.loading import load_for_viz
 from attnkit.viz.web import export_html, html_for_notebook
 
 pytestmark = pytest.mark.slow
@@ -33,9 +29,6 @@ pytestmark = pytest.mark.slow
 CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
-CORPUS = ["The animal didn't cross the street because it was too tired.",
-          "The quick brown fox jumps over the lazy dog.",
-          "Attention lets every token look at every other token."] * 4
 TEXT = "The animal didn't cross the street because it was too tired"
 TOL = 1e-3
 
@@ -69,16 +62,6 @@ def browser():
     yield b
     b.close()
     pw.stop()
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny-lm")
-    tok = train_wordpiece(CORPUS, vocab_size=120)
-    torch.manual_seed(0)
-    save_hf(CausalLM(CausalLMConfig.preset("gpt2-tiny", vocab_size=tok.vocab_size)), d)
-    tok.save(d)
-    return load_for_viz(d)
 
 
 @pytest.fixture(scope="module")
@@ -262,10 +245,10 @@ def test_exported_file_renders_offline(browser, tiny, tmp_path):
     assert errors == []
 
 
-def test_exported_seq2seq_switches_kinds(browser, tmp_path):
+def test_exported_seq2seq_switches_kinds(browser, tmp_path, wordpiece):
     from attnkit.models import Seq2SeqConfig, Seq2SeqLM
 
-    tok = train_wordpiece(CORPUS, vocab_size=120)
+    tok = wordpiece
     cfg = Seq2SeqConfig.preset("t5-tiny", vocab_size=tok.vocab_size, dropout=0.0)
     cap = capture(Seq2SeqLM(cfg).eval(), tok, "the quick brown fox", decoder_text="the dog")
     errors: list[str] = []

@@ -13,29 +13,10 @@ pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx (dev extra
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from attnkit.data.tokenizers import train_wordpiece  # noqa: E402
-from attnkit.interop.hf import save_hf  # noqa: E402
-from attnkit.models import CausalLM, CausalLMConfig  # noqa: E402
-from attnkit.viz.loading import load_for_viz  # noqa: E402
 from attnkit.viz.server import create_app  # noqa: E402
 
-CORPUS = ["The animal didn't cross the street because it was too tired.",
-          "The quick brown fox jumps over the lazy dog.",
-          "Attention lets every token look at every other token."] * 4
 TEXT = "The animal didn't cross the street because it was too tired"
 MAX_CHARS = 300
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A 2-layer, 4-head causal LM saved as a HF checkpoint with its WordPiece tokenizer,
-    loaded back the way `attnkit viz serve` loads it."""
-    d = tmp_path_factory.mktemp("tiny-lm")
-    tok = train_wordpiece(CORPUS, vocab_size=120)
-    torch.manual_seed(0)
-    save_hf(CausalLM(CausalLMConfig.preset("gpt2-tiny", vocab_size=tok.vocab_size)), d)
-    tok.save(d)
-    return load_for_viz(d)
 
 
 @pytest.fixture(scope="module")
@@ -217,10 +198,10 @@ def test_serve_command_registered_on_viz_app(monkeypatch, tmp_path):
     assert r.exit_code == 1 and "does not exist" in r.output
 
 
-def test_seq2seq_kinds_and_decoder_text():
+def test_seq2seq_kinds_and_decoder_text(wordpiece):
     from attnkit.models import Seq2SeqConfig, Seq2SeqLM
 
-    tok = train_wordpiece(CORPUS, vocab_size=120)
+    tok = wordpiece
     torch.manual_seed(0)
     cfg = Seq2SeqConfig.preset("t5-tiny", vocab_size=tok.vocab_size, n_decoder_layers=3,
                                dropout=0.0)

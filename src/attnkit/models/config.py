@@ -7,15 +7,15 @@ named presets; ``XConfig.from_dict`` rejects keys it does not know, naming them 
 from __future__ import annotations
 
 import dataclasses
-import json
-from pathlib import Path
 from typing import Any, ClassVar, Self
+
+from attnkit.jsonconfig import JsonConfig
 
 __all__ = ["ModelConfig"]
 
 
 @dataclasses.dataclass
-class ModelConfig:
+class ModelConfig(JsonConfig):
     """Base class of every model config."""
 
     family: ClassVar[str] = "base"
@@ -30,26 +30,8 @@ class ModelConfig:
         fam = data.pop("family", cls.family)
         if fam != cls.family:
             raise ValueError(f"config is for family {fam!r}, expected {cls.family!r}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(
-                f"unknown {cls.__name__} keys: {unknown}; valid keys: {sorted(names)}"
-            )
+        cls.check_keys(data)
         return cls(**data)
-
-    def to_json(self, path: str | Path | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
-        if path is not None:
-            Path(path).write_text(text + "\n")
-        return text
-
-    @classmethod
-    def from_json(cls, path_or_text: str | Path) -> Self:
-        p = Path(path_or_text)
-        text = p.read_text() if (isinstance(path_or_text, Path) or not str(path_or_text).lstrip()
-                                 .startswith("{")) else str(path_or_text)
-        return cls.from_dict(json.loads(text))
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> Self:
@@ -57,6 +39,3 @@ class ModelConfig:
         if name not in cls.presets:
             raise ValueError(f"unknown {cls.family} preset {name!r}; valid: {sorted(cls.presets)}")
         return cls.from_dict({**cls.presets[name], **overrides})
-
-    def replace(self, **changes: Any) -> Self:
-        return dataclasses.replace(self, **changes)

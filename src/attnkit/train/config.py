@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-from pathlib import Path
-from typing import Any, Self
+from typing import Any
+
+from attnkit.jsonconfig import JsonConfig
 
 __all__ = ["TrainConfig", "PRECISIONS", "DISTRIBUTED"]
 
@@ -14,7 +14,7 @@ DISTRIBUTED = ("none", "ddp", "fsdp")
 
 
 @dataclasses.dataclass
-class TrainConfig:
+class TrainConfig(JsonConfig):
     """Hyper-parameters and switches of a :class:`~attnkit.train.trainer.Trainer` run.
 
     Batches: ``batch_size`` sequences per micro-batch *per process* (the batch source is built
@@ -80,25 +80,3 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["betas"] = list(self.betas)
         return d
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Self:
-        """Strict: unknown keys raise, naming them and the valid ones."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig keys: {unknown}; valid keys: {sorted(names)}")
-        return cls(**data)
-
-    def to_json(self, path: str | Path | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
-        if path is not None:
-            Path(path).write_text(text + "\n")
-        return text
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> Self:
-        return cls.from_dict(json.loads(Path(path).read_text()))
-
-    def replace(self, **changes: Any) -> Self:
-        return dataclasses.replace(self, **changes)

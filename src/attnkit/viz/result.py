@@ -85,22 +85,12 @@ class AttentionCapture:
         """``(n_heads_kept, Lq, Lk)`` of model layer ``layer`` (negative counts from the end of
         the kept layers)."""
         w = self._check_kind(kind)
-        kept = self.layers[kind]
-        if layer < 0:
-            layer = kept[layer] if -len(kept) <= layer else layer
-        if layer not in kept:
-            raise KeyError(f"layer {layer} of {kind!r} attention was not captured; kept: {kept}")
-        return w[kept.index(layer)]
+        return w[_position(self.layers[kind], layer, "layer", kind)]
 
     def head(self, kind: str, layer: int, head: int) -> Tensor:
         """``(Lq, Lk)`` map of model layer ``layer``, model head ``head``."""
         maps = self.layer(kind, layer)
-        kept = self.heads[kind]
-        if head < 0:
-            head = kept[head] if -len(kept) <= head else head
-        if head not in kept:
-            raise KeyError(f"head {head} of {kind!r} attention was not captured; kept: {kept}")
-        return maps[kept.index(head)]
+        return maps[_position(self.heads[kind], head, "head", kind)]
 
     @property
     def nbytes(self) -> int:
@@ -223,3 +213,13 @@ def open_npy(path: Path) -> Tensor:
     import numpy as np
 
     return torch.from_numpy(np.load(path, mmap_mode="c"))
+
+
+def _position(kept: list[int], index: int, what: str, kind: str) -> int:
+    """Where model ``what`` (layer / head) ``index`` sits among the ``kept`` ones (negative
+    ``index``: counted from the end of ``kept``); ``KeyError`` if it was not captured."""
+    if index < 0:
+        index = kept[index] if -len(kept) <= index else index
+    if index not in kept:
+        raise KeyError(f"{what} {index} of {kind!r} attention was not captured; kept: {kept}")
+    return kept.index(index)
