@@ -15,8 +15,11 @@ with a KV cache they start at ``cache.pos``. The modules also take an ``int`` le
 the host, so no value check reads the device (no host sync; no graph break under
 ``torch.compile``). A tensor's bounds cost one host sync (``aminmax``) where they are needed:
 to reject negative positions and grow the sinusoidal / RoPE tables, and for
-:class:`LearnedPositions`' friendly out-of-range error in eager mode only (compiled code skips
-it; the embedding lookup still rejects out-of-range indices).
+:class:`LearnedPositions`' friendly out-of-range error — in eager mode only: under
+``torch.compile`` / ``torch.export`` a host read is a graph break, so compiled code skips the
+checks and uses the tables at the size they have (built for the model's maximum length; the
+lookup still rejects out-of-range indices). :func:`position_range` gives the default positions
+in the form each mode wants.
 """
 
 from __future__ import annotations
@@ -28,11 +31,20 @@ from attnkit.attention.score_mods import alibi, alibi_slopes
 
 __all__ = [
     "SinusoidalPositions", "LearnedPositions", "RotaryEmbedding", "rotate_half",
-    "apply_rotary", "alibi", "alibi_slopes",
+    "apply_rotary", "alibi", "alibi_slopes", "position_range",
 ]
 
 
 Positions = Tensor | int | range
+
+
+def position_range(start: int, length: int, device: torch.device | str) -> Tensor | range:
+    """Positions ``start .. start + length - 1``: a ``range`` in eager mode (bounds known on
+    the host: checked without a device sync), an ``arange`` tensor under ``torch.compile`` /
+    ``torch.export`` (a Python ``range`` would specialise a dynamic length to a constant)."""
+    if torch.compiler.is_compiling():
+        return torch.arange(start, start + length, device=device)
+    return range(start, start + length)
 
 
 def _as_positions(positions: Positions, device: torch.device) -> tuple[Tensor, int | None]:
@@ -55,11 +67,15 @@ def _as_positions(positions: Positions, device: torch.device) -> tuple[Tensor, i
     return positions.to(device=device, dtype=torch.long), None
 
 
-def _end(pos: Tensor, end: int | None) -> int:
+def _end(pos: Tensor, end: int | None) -> int | None:
     """Largest position + 1 (0 when empty); for a tensor (``end`` None) this reads its bounds
-    with one host sync and rejects negative positions."""
+    with one host sync and rejects negative positions — in eager mode only: under
+    ``torch.compile`` (a host read is a graph break) it returns None and the tables are used
+    at the size they have."""
     if end is not None:
         return end
+    if torch.compiler.is_compiling():
+        return None
     if not pos.numel():
         return 0
     lo, hi = torch.stack(torch.aminmax(pos)).tolist()
@@ -97,7 +113,7 @@ class SinusoidalPositions(nn.Module):
     def forward(self, positions: Positions) -> Tensor:
         pos, end = _as_positions(positions, self.pe.device)
         need = _end(pos, end)
-        if need > self.pe.shape[0]:
+        if need is not None and need > self.pe.shape[0]:
             self.pe = self._table(max(need, 2 * self.pe.shape[0]), self.pe.device)
         return self.pe[pos]
 
@@ -112,13 +128,11 @@ class LearnedPositions(nn.Module):
 
     def forward(self, positions: Positions) -> Tensor:
         pos, end = _as_positions(positions, self.emb.weight.device)
-        if end is not None or not torch.compiler.is_compiling():
-            end = _end(pos, end)  # a tensor's bounds: one host sync, eager mode only
-            if end > self.max_len:
-                raise ValueError(
-                    f"position {end - 1} is beyond LearnedPositions max_len={self.max_len} "
-                    f"(valid: 0..{self.max_len - 1}); learned tables cannot extrapolate"
-                )
+        end = _end(pos, end)  # a tensor's bounds: one host sync, eager mode only
+        if end is not None and end > self.max_len:
+            raise ValueError(
+                f"position {end - 1} is beyond LearnedPositions max_len={self.max_len} "
+                f"(valid: 0..{self.max_len - 1}); learned tables cannot extrapolate")
         return self.emb(pos)
 
 
@@ -187,7 +201,7 @@ class RotaryEmbedding(nn.Module):
         """Tables at ``positions`` ((L,) -> (L, D); (B, L) -> (B, 1, L, D)), cast to ``dtype``."""
         pos, end = _as_positions(positions, self.inv_freq.device)
         need = _end(pos, end)
-        if need > self.cos_cached.shape[0]:
+        if need is not None and need > self.cos_cached.shape[0]:
             self.cos_cached, self.sin_cached = self._tables(max(need, 2 * self.cos_cached.shape[0]))
         cos, sin = self.cos_cached[pos], self.sin_cached[pos]
         if pos.dim() == 2:  # per-sequence positions: broadcast over heads

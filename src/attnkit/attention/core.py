@@ -186,6 +186,10 @@ def _choose(req: Request) -> Decision:
     sparse = ("flex" if ("flex" in sparse_ok and req.device.type == "cuda") else sparse_ok[-1]
               if sparse_ok else None)
     if req.mask_kind == "pattern" and sparse is not None:
+        if torch.compiler.is_compiling() and "sdpa" in ok:
+            # the density is a host read a traced graph cannot branch on: a dense mask is
+            # exact for every pattern (and padding, the usual one under compile, is dense)
+            return Decision("sdpa", reasons, "compiling: pattern as a dense mask")
         dens = req.density(*backends.get(sparse).tile_sizes(req.q_len, req.kv_len))
         if dens <= SPARSE_DENSITY or "sdpa" not in ok:
             return Decision(sparse, reasons, f"pattern keeps {dens:.1%} of tiles: block-sparse")

@@ -178,7 +178,9 @@ class Mask:
         ``q_start``/``q_stop`` select a slice of query rows (local row indices), which is how
         block layouts are built without materialising the whole matrix at once.
         """
-        whole = q_start == 0 and q_stop in (None, q_len)
+        # Cached only in eager mode: a traced graph builds its mask once anyway, and a traced
+        # tensor (symbolic shapes under torch.export) must not outlive the trace in the cache.
+        whole = q_start == 0 and q_stop in (None, q_len) and not torch.compiler.is_compiling()
         q_stop = q_len if q_stop is None else q_stop
         nb, nh = self._dims(batch, heads)
         key = ("dense", q_len, kv_len, nb, nh, str(device))

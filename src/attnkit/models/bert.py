@@ -199,11 +199,14 @@ class BertModel(nn.Module):
 
     @staticmethod
     def attention_mask_to_mask(attention_mask: Tensor | None) -> Mask | None:
-        """``(B, L)`` 1/True = real token -> a key-padding :class:`Mask` (None if no padding)."""
+        """``(B, L)`` 1/True = real token -> a key-padding :class:`Mask` (None if no padding;
+        that check is a host sync, so under ``torch.compile`` the mask is always built)."""
         if attention_mask is None:
             return None
         km = attention_mask.bool()
-        return None if bool(km.all()) else padding(key_mask=km)
+        if not torch.compiler.is_compiling() and bool(km.all()):
+            return None
+        return padding(key_mask=km)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 token_type_ids: Tensor | None = None, return_weights: bool = False,

@@ -34,7 +34,12 @@ from attnkit.attention.score_mods import alibi
 from attnkit.layers import ACTIVATIONS, BlockConfig, LayerNorm, RMSNorm
 from attnkit.models.config import ModelConfig
 from attnkit.models.stacks import TransformerStack
-from attnkit.positions import LearnedPositions, RotaryEmbedding, SinusoidalPositions
+from attnkit.positions import (
+    LearnedPositions,
+    RotaryEmbedding,
+    SinusoidalPositions,
+    position_range,
+)
 
 __all__ = ["CausalLMConfig", "CausalLM", "CausalLMOutput"]
 
@@ -138,6 +143,10 @@ class CausalLMOutput:
     loss: Tensor | None = None  # scalar: next-token cross-entropy when labels are given
     hidden_states: list[Tensor] = field(default_factory=list)  # n_layers + 1 of (B, L, d)
     attentions: list[Tensor] = field(default_factory=list)  # per layer (B, H, L, Lk)
+
+
+# A pytree node, so that torch.export can return it from an exported forward.
+torch.export.register_dataclass(CausalLMOutput, serialized_type_name="attnkit.CausalLMOutput")
 
 
 # One shared causal pattern, built once rather than per forward: a constant for
@@ -278,9 +287,9 @@ class CausalLM(nn.Module):
             if key_mask is not None:
                 positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
             else:
-                # known on the host: the position modules check it without a device sync
-                # (and without a graph break under torch.compile)
-                positions = range(past, past + L)
+                # a range, known on the host: checked without a device sync (a tensor when
+                # compiling, so that a dynamic length stays dynamic)
+                positions = position_range(past, L, input_ids.device)
 
         x = self.tok_emb(input_ids)  # (B, L, d)
         if self.pos_emb is not None:
@@ -292,8 +301,9 @@ class CausalLM(nn.Module):
         # An all-ones attention_mask (an unpadded batch, what tokenizers return) adds nothing:
         # keep the pure causal pattern so attend() takes SDPA's is_causal path instead of a
         # dense (B, 1, L, L) bool mask (CPU, per attention call: ~1.2x / 1.1x slower fwd /
-        # fwd+bwd at L=256, ~1.7x / 1.5x at L=1024). One host sync, only when a mask is given.
-        if key_mask is not None and not bool(key_mask.all()):
+        # fwd+bwd at L=256, ~1.7x / 1.5x at L=1024). One host sync, only when a mask is given
+        # and only in eager mode: a compiled graph cannot branch on data, so it always masks.
+        if key_mask is not None and (torch.compiler.is_compiling() or not bool(key_mask.all())):
             if caches is not None and c.sliding_window is not None:
                 # a SlidingWindowCache returns only the last min(past, w - 1) + L keys
                 key_mask = key_mask[:, past - min(past, c.sliding_window - 1):]

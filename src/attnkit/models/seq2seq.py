@@ -32,7 +32,7 @@ from attnkit.attention.relative_bias import RelativePositionBias
 from attnkit.layers import BlockConfig, FeedForward
 from attnkit.models.config import ModelConfig
 from attnkit.models.stacks import StackOutput, TransformerStack
-from attnkit.positions import SinusoidalPositions
+from attnkit.positions import SinusoidalPositions, position_range
 
 __all__ = ["Seq2SeqConfig", "Seq2SeqLM", "Seq2SeqOutput", "DecoderState", "GatedGeluFeedForward",
            "shift_right"]
@@ -244,8 +244,8 @@ class Seq2SeqLM(nn.Module):
         if self.config.scale_embeddings == "input":
             x = x * math.sqrt(self.config.d_model)
         if self.positions is not None:
-            x = x + self.positions(torch.arange(start, start + ids.shape[1],
-                                                device=ids.device)).to(x.dtype)
+            pos = position_range(start, ids.shape[1], ids.device)  # no host sync
+            x = x + self.positions(pos).to(x.dtype)
         return self.drop(x)
 
     def _stack_out(self, out: StackOutput) -> StackOutput:

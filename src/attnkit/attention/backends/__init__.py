@@ -9,23 +9,32 @@ Each backend is a module exposing::
 
 Inputs reach ``forward`` validated (see ``attnkit.attention.core``); GQA (Hkv < Hq) is the
 backend's job.
+
+All backends are imported with this package (a few milliseconds): dispatch is then a dict
+lookup, which ``torch.compile`` traces (an import inside a traced call is a graph break).
 """
 
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
+
+from attnkit.attention.backends import (
+    blocked_backend,
+    flex_backend,
+    linear_backend,
+    math_backend,
+    sdpa_backend,
+)
 
 NAMES = ("math", "sdpa", "flex", "blocked", "linear")
 EXACT = ("math", "sdpa", "flex", "blocked")  # order: auto's preference among equals
 
-_loaded: dict[str, ModuleType] = {}
+_MODULES: dict[str, ModuleType] = {
+    m.NAME: m for m in (math_backend, sdpa_backend, flex_backend, blocked_backend, linear_backend)}
 
 
 def get(name: str) -> ModuleType:
     """The backend module called ``name``."""
-    if name not in _loaded:
-        if name not in NAMES:
-            raise ValueError(f"unknown backend {name!r}; valid: {', '.join(NAMES)}")
-        _loaded[name] = importlib.import_module(f"{__name__}.{name}_backend")
-    return _loaded[name]
+    if name not in _MODULES:
+        raise ValueError(f"unknown backend {name!r}; valid: {', '.join(NAMES)}")
+    return _MODULES[name]

@@ -51,6 +51,6 @@ def forward(q: Tensor, k: Tensor, v: Tensor, *, mask, score_mod, scale: float, d
         q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
         enable_gqa=k.shape[1] != Hq,
     )
-    if dead is not None and dead.any():
+    if dead is not None:  # branch-free (no host sync, no graph break under torch.compile)
         out = out.masked_fill(dead, 0.0)
     return out, None
