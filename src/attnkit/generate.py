@@ -14,6 +14,10 @@ keeps being fed ``pad_token_id`` with mask 0 (its logits are ignored) until ever
 ``use_cache=False`` recomputes the whole sequence every step: the reference the cached path
 must reproduce token for token.
 
+A masked LM fills in instead (:func:`fill_mask`): every mask token of the input gets the
+model's choice for its position from one forward pass — the most likely token when greedy
+(the first answer of ``transformers``' ``pipeline("fill-mask")``), else a sample.
+
 Beam search (:func:`beam_search`) follows Hugging Face's ``_beam_search`` (transformers 4.5x /
 5.x): ``2·num_beams`` candidates per step, a candidate ending in EOS becomes a finished
 hypothesis only if it ranks among the top ``num_beams``, finished scores are
@@ -33,12 +37,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attnkit.models.bert import BertForMaskedLM
 from attnkit.models.causal_lm import CausalLM
 from attnkit.models.seq2seq import Seq2SeqLM
 from attnkit.positions import LearnedPositions
 from attnkit.sampling import GenerationConfig, eos_ids, make_generator, select_next_token
 
-__all__ = ["GenerationConfig", "generate", "generate_seq2seq", "beam_search",
+__all__ = ["GenerationConfig", "generate", "generate_seq2seq", "fill_mask", "beam_search",
            "BeamSearchOutput", "reorder_caches", "stream_to_terminal", "TerminalStreamer",
            "left_pad"]
 
@@ -256,6 +261,38 @@ def generate_seq2seq(model: Seq2SeqLM, input_ids: Tensor, attention_mask: Tensor
                 break
             dec = torch.cat([dec, nxt[:, None]], dim=1)
     return rows.out
+
+
+# ---- masked LM ------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def fill_mask(model: BertForMaskedLM, input_ids: Tensor, mask_token_id: int,
+              config: GenerationConfig | None = None, *, attention_mask: Tensor | None = None
+              ) -> Tensor:
+    """``input_ids (B, L)`` with every ``mask_token_id`` replaced by the model's choice for
+    its position, all from one forward pass (the masks are filled independently): the argmax
+    of the logits (``temperature == 0``) or a sample from the processed distribution
+    (temperature, top-k, top-p, min-p, ``seed``; a repetition penalty counts the input's
+    tokens). Returns a new ``(B, L)`` tensor."""
+    cfg = config or GenerationConfig()
+    if cfg.num_beams != 1:
+        raise ValueError("fill_mask picks one token per mask (num_beams=1)")
+    dev = _device(model)
+    ids = input_ids.to(dev)
+    if ids.dim() != 2:
+        raise ValueError(f"input_ids must be (B, L), got {tuple(ids.shape)}")
+    where = ids == mask_token_id  # (B, L)
+    if not bool(where.any()):
+        raise ValueError(f"no mask token (id {mask_token_id}) in input_ids: nothing to fill")
+    with _eval_mode(model):
+        logits = model(ids, None if attention_mask is None else attention_mask.to(dev)).logits
+    rows = where.nonzero()[:, 0]  # the row of each mask, (M,)
+    seen = ids[rows] if cfg.repetition_penalty != 1.0 else None
+    picked = select_next_token(logits[where], cfg, seen, make_generator(cfg.seed, dev))
+    out = ids.clone()
+    out[where] = picked
+    return out
 
 
 @dataclass

@@ -2,11 +2,14 @@
 
 * ``--from hf --to attnkit``: :func:`attnkit.interop.hf.load_hf` (BERT keeps the head named
   in ``architectures``), then :func:`attnkit.train.checkpoint.save_checkpoint` with the
-  directory's ``tokenizer.json`` (+ ``tokenizer_config.json``) when present.
+  directory's ``tokenizer.json`` (+ ``tokenizer_config.json``) when present, and the pooling of
+  a sentence-transformers directory (``modules.json``) as ``config.json``'s
+  ``"sentence_pooling"``.
 * ``--from attnkit --to hf``: :func:`attnkit.train.checkpoint.load_model`, then
-  :func:`attnkit.interop.hf.save_hf`, and the checkpoint's tokenizer files copied beside
-  (``transformers.AutoTokenizer`` loads BPE/WordPiece ones; the char tokenizer's
-  ``tokenizer.json`` is attnkit's own format).
+  :func:`attnkit.interop.hf.save_hf` with the checkpoint's tokenizer (and sentence pooling):
+  ``AutoModelFor*``, ``AutoTokenizer``, ``pipeline(...)`` and sentence-transformers load the
+  result. A tokenizer ``transformers`` cannot express exactly is an error, and then nothing
+  is written.
 
 ``--from`` defaults to what ``SRC`` is; ``--to`` to the other format.
 """
@@ -14,6 +17,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -55,24 +59,27 @@ def convert_cmd(
         if from_ == to:
             fail(f"--from {from_} --to {to}: nothing to convert (copy the directory instead)")
         d = Path(dst).expanduser()
-        if d.exists() and (not d.is_dir() or any(d.iterdir())):
+        replace = d.exists() and (not d.is_dir() or any(d.iterdir()))
+        if replace:
             if not overwrite:
                 fail(f"destination {d} exists and is not empty; pass --overwrite to replace it")
             ds, ss = d.resolve(), s.resolve()
             if ds == ss or ss.is_relative_to(ds) or ds.is_relative_to(ss):
                 fail(f"destination {d} and source {s} overlap: --overwrite would delete the "
                      "source; pick another destination")
+        # load and check everything first: a refused source leaves the destination as it was
+        write = _hf_to_attnkit(s, d) if from_ == "hf" else _attnkit_to_hf(s, d)
+        if replace:
             shutil.rmtree(d) if d.is_dir() else d.unlink()
-        if from_ == "hf":
-            message = _hf_to_attnkit(s, d)
-        else:
-            message = _attnkit_to_hf(s, d)
+        message = write()
     typer.echo(message)
 
 
-def _hf_to_attnkit(src: Path, dst: Path) -> str:
+def _hf_to_attnkit(src: Path, dst: Path) -> Callable[[], str]:
+    """Load ``src``; returns the function that writes ``dst`` and says what it wrote."""
     from attnkit.commands.common import load_hf_model
     from attnkit.data import load_tokenizer
+    from attnkit.interop.sentence_transformers import read_sentence_pooling
     from attnkit.train.checkpoint import save_checkpoint
 
     if checkpoint_kind(src) != "hf":
@@ -85,32 +92,49 @@ def _hf_to_attnkit(src: Path, dst: Path) -> str:
         if inner is not None:  # fixed padding / truncation belong to the batch sources
             inner.no_padding()
             inner.no_truncation()
-    save_checkpoint(dst, model, tokenizer=tok)
-    n = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-    note = "" if tok is not None else " (no tokenizer.json in the source: none saved)"
-    return (f"converted {src} (Hugging Face) -> {dst} (attnkit {type(model).__name__}, "
-            f"{human(n)} parameters{', tokenizer ' + tok.kind if tok else ''}){note}")
+    pooling = read_sentence_pooling(src)
+    if pooling is not None and type(model).__name__ != "BertModel":
+        fail(f"{src / 'modules.json'} describes a sentence-transformers model, but the "
+             f"encoder is a {type(model).__name__}; attnkit embeds with a BertModel")
+    extra = None if pooling is None else {"sentence_pooling": pooling.to_dict()}
+
+    def write() -> str:
+        save_checkpoint(dst, model, tokenizer=tok, extra_config=extra)
+        n = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+        note = "" if tok is not None else " (no tokenizer.json in the source: none saved)"
+        what = "" if pooling is None else f", sentence pooling {pooling.pooling}"
+        return (f"converted {src} (Hugging Face) -> {dst} (attnkit {type(model).__name__}, "
+                f"{human(n)} parameters{', tokenizer ' + tok.kind if tok else ''}{what}){note}")
+
+    return write
 
 
-def _attnkit_to_hf(src: Path, dst: Path) -> str:
+def _attnkit_to_hf(src: Path, dst: Path) -> Callable[[], str]:
+    """Load ``src`` and check that its tokenizer exports; returns the function that writes
+    ``dst`` and says what it wrote."""
     from attnkit.data import load_tokenizer
-    from attnkit.interop.hf import save_hf
-    from attnkit.train.checkpoint import load_model, tokenizer_dir
+    from attnkit.interop.hf import check_hf_export, save_hf
+    from attnkit.interop.sentence_transformers import SentencePooling
+    from attnkit.train.checkpoint import load_model, read_config, tokenizer_dir
 
     ckpt, kind = find_checkpoint(src)
     if kind != "attnkit":
         fail(f"{src} is not an attnkit checkpoint")
     model = load_model(ckpt)
-    save_hf(model, dst)
     tdir = tokenizer_dir(ckpt)
-    copied = []
-    if tdir is not None:
-        for name in ("tokenizer.json", "tokenizer_config.json"):
-            if (tdir / name).is_file():
-                shutil.copyfile(tdir / name, dst / name)
-                copied.append(name)
-    note = ""
-    if tdir is not None and load_tokenizer(tdir).kind == "char":
-        note = " (the char tokenizer is attnkit's own format: attnkit loads it, transformers not)"
-    return (f"converted {ckpt} (attnkit {type(model).__name__}) -> {dst} (Hugging Face"
-            f"{', ' + ' + '.join(copied) if copied else ', no tokenizer'}){note}")
+    tok = load_tokenizer(tdir) if tdir is not None else None
+    pooling = read_config(ckpt).get("sentence_pooling")
+    pooling = None if pooling is None else SentencePooling.from_dict(pooling)
+    check_hf_export(model, tokenizer=tok, sentence_pooling=pooling)
+
+    def write() -> str:
+        save_hf(model, dst, tokenizer=tok, sentence_pooling=pooling)
+        parts = ["Hugging Face"]
+        parts.append(f"{tok.kind} tokenizer for AutoTokenizer" if tok is not None
+                     else "no tokenizer (the checkpoint has none)")
+        if pooling is not None:
+            parts.append(f"sentence-transformers, {pooling.pooling} pooling")
+        return (f"converted {ckpt} (attnkit {type(model).__name__}) -> {dst} "
+                f"({', '.join(parts)})")
+
+    return write

@@ -1,10 +1,14 @@
 """``attnkit generate``: text from a trained checkpoint (attnkit or Hugging Face).
 
 One prompt streams to the terminal as it is generated; several prompts run as one left-padded
-batch and print when done. A causal LM with learned positions (GPT-2 style) cannot see past
-its ``max_seq_len``: longer generations slide a window over the text (the model sees the
-last ``max_seq_len`` tokens, re-encoded every ``max_seq_len // 2`` new tokens; chunk ``i > 0``
-samples with the seed ``mix_seed(seed, i)``).
+batch and print when done. A masked LM (``--objective mlm``) fills the mask tokens of each
+prompt instead (``"The [MASK] statement"``; the char tokenizer's ``<mask>``): greedy with
+``--temperature 0``, as ``transformers``' ``pipeline("fill-mask")`` ranks first.
+
+A causal LM with learned positions (GPT-2 style) cannot see past its ``max_seq_len``: longer
+generations slide a window over the text (the model sees the last ``max_seq_len`` tokens,
+re-encoded every ``max_seq_len // 2`` new tokens; chunk ``i > 0`` samples with the seed
+``mix_seed(seed, i)``).
 """
 
 from __future__ import annotations
@@ -161,9 +165,15 @@ def _generate(prompts: list[str], checkpoint: str, max_new_tokens: int, temperat
         lm = load_any(checkpoint, device)
         model, tok = lm.model, lm.tokenizer
         family = getattr(model.config, "family", None)
-        if family not in ("causal_lm", "seq2seq"):
+        mlm = type(model).__name__ == "BertForMaskedLM"
+        if family not in ("causal_lm", "seq2seq") and not mlm:
             fail(f"{lm.path} holds a {lm.architecture}, which does not generate text; use a "
-                 "causal LM (e.g. from 'attnkit train') or a seq2seq checkpoint")
+                 "causal LM (e.g. from 'attnkit train'), a seq2seq or a masked-LM checkpoint")
+        if mlm:
+            if num_beams > 1:
+                fail("--num-beams is beam search for seq2seq checkpoints; a masked LM fills "
+                     "each mask with one token")
+            ids = [_masked_ids(tok, t) for t in prompts or [""]]
         if num_beams > 1 and family != "seq2seq":
             fail("--num-beams is beam search for seq2seq checkpoints; this is a causal LM "
                  "(use sampling or --temperature 0)")
@@ -186,6 +196,9 @@ def _generate(prompts: list[str], checkpoint: str, max_new_tokens: int, temperat
     def decode(ids: list[int]) -> str:
         return tok.decode(ids, skip_special_tokens=True)
 
+    if mlm:
+        _fill(model, tok, prompts, ids, cfg)
+        return
     stream = len(prompts) <= 1 and not no_stream and num_beams == 1
     if family == "causal_lm":
         texts = prompts or [""]
@@ -225,3 +238,45 @@ def _generate(prompts: list[str], checkpoint: str, max_new_tokens: int, temperat
         typer.echo((prompt if family == "causal_lm" else "") + decode(out))
         if len(texts) > 1 and i + 1 < len(texts):
             typer.echo("")
+
+
+def _masked_ids(tok: Any, text: str) -> list[int]:
+    """``start text end`` ids of a fill-mask prompt (the masked-LM batches' layout), each
+    occurrence of the mask token's string being the mask id (for every tokenizer kind: the
+    char tokenizer reads special-token strings as characters elsewhere)."""
+    mask = tok.special_tokens.get("mask")
+    if mask is None or tok.mask_id is None:
+        fail(f"the {tok.kind} tokenizer has no mask token: a masked LM cannot be prompted")
+    if mask not in text:
+        fail(f"a masked LM fills in its mask token: put {mask!r} in the prompt, e.g. "
+             f"\"The {mask} statement\"")
+    body: list[int] = []
+    for i, piece in enumerate(text.split(mask)):
+        if i:
+            body.append(tok.mask_id)
+        body += tok.encode(piece)
+    start = [] if tok.start_id is None else [tok.start_id]
+    end = [] if tok.end_id is None else [tok.end_id]
+    return start + body + end
+
+
+def _fill(model: Any, tok: Any, prompts: list[str], ids: list[list[int]], cfg: Any) -> None:
+    """Print each prompt with its masks filled (one padded batch)."""
+    from attnkit.data import pad_sequences
+    from attnkit.generate import fill_mask
+
+    limit = model.config.max_position
+    with cli_errors():
+        for p, row in zip(prompts, ids, strict=True):
+            if len(row) > limit:
+                fail(f"the prompt {p[:30]!r}... is {len(row)} tokens; the model reads at most "
+                     f"{limit}")
+        L = max(len(r) for r in ids)
+        dev = next(model.parameters()).device
+        x = pad_sequences(ids, L, cfg.pad_token_id).to(dev)
+        mask = pad_sequences([[1] * len(r) for r in ids], L, 0).to(dev)
+        out = fill_mask(model, x, tok.mask_id, cfg, attention_mask=mask)
+    for i, (prompt, row) in enumerate(zip(prompts, out.tolist(), strict=True)):
+        if len(prompts) > 1:
+            typer.echo(f"--- [{i + 1}/{len(prompts)}] {prompt!r}")
+        typer.echo(tok.decode(row[:len(ids[i])], skip_special_tokens=True))

@@ -31,7 +31,9 @@ the directory also loads with ``transformers.AutoTokenizer``. The char tokenizer
 
 :func:`load_tokenizer` tells them apart (``"type": "char"`` vs. a ``"model"`` section) and takes
 the special tokens from ``tokenizer_config.json`` when present, else recognises the usual
-names (``[PAD]``, ``<pad>``, ``</s>``, ``<|endoftext|>``, ...).
+names (``[PAD]``, ``<pad>``, ``</s>``, ``<|endoftext|>``, ...). A char tokenizer exported for
+``transformers`` (:mod:`attnkit.interop.tokenizer`: a BPE model without merges, marked
+``"attnkit_type": "char"``) loads back as a :class:`CharTokenizer`.
 """
 
 from __future__ import annotations
@@ -404,6 +406,24 @@ def _config_specials(cfg: dict[str, Any]) -> dict[str, str] | None:
     return out or None
 
 
+def _exported_char(data: dict[str, Any], cfg: dict[str, Any], specials: dict[str, str] | None
+                   ) -> CharTokenizer | None:
+    """The :class:`CharTokenizer` of a ``tokenizer.json`` it was exported as (a BPE model
+    without merges whose tokens are single characters or specials), else None."""
+    model = data["model"]
+    vocab = model.get("vocab")
+    if (cfg.get("attnkit_type") != "char" or model.get("type") != "BPE" or model.get("merges")
+            or not isinstance(vocab, dict) or specials is None):
+        return None
+    ordered = sorted(vocab, key=vocab.__getitem__)
+    if [vocab[t] for t in ordered] != list(range(len(ordered))):
+        return None
+    try:
+        return CharTokenizer(ordered, specials)
+    except ValueError:
+        return None
+
+
 def load_tokenizer(path: str | Path) -> Tokenizer:
     """Load a tokenizer from a directory (its ``tokenizer.json``) or a ``.json`` file: this
     package's char format or any Hugging Face ``tokenizers`` JSON. Special tokens come from a
@@ -427,6 +447,7 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
             tok = CharTokenizer(tok.vocab, specials)
         return tok
     if isinstance(data, dict) and isinstance(data.get("model"), dict):
-        return HFTokenizer(hf.Tokenizer.from_str(text), specials)
+        char = _exported_char(data, cfg, specials)
+        return char if char is not None else HFTokenizer(hf.Tokenizer.from_str(text), specials)
     raise ValueError(f"{file}: unrecognised tokenizer JSON (neither {{'type': 'char'}} nor a "
                      "Hugging Face tokenizers file with a 'model' section)")

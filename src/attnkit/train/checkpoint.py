@@ -15,6 +15,9 @@
       metrics.jsonl           the run's metrics up to this step (copied from the live log)
       tokenizer/              ``tokenizer.save(directory)`` output (optional)
 
+``config.json`` may carry more entries (``extra_config``), e.g. ``"sentence_pooling"`` for a
+BERT encoder imported from sentence-transformers (:mod:`attnkit.interop.sentence_transformers`).
+
 No pickle anywhere: tensors go through safetensors, everything else through JSON. Optimizer
 state is keyed by parameter *name* (:mod:`~attnkit.train.optim_state`), so a checkpoint
 written by a single process, DDP or FSDP resumes under any of them.
@@ -235,6 +238,7 @@ def save_checkpoint(
     model_state: Mapping[str, Tensor] | None = None,
     optimizer_state: Mapping[str, Any] | None = None,
     metrics_file: str | Path | None = None,
+    extra_config: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a checkpoint directory at ``path`` atomically (see the module docstring).
 
@@ -244,6 +248,7 @@ def save_checkpoint(
     its ``"rng"`` may be an :class:`~attnkit.train.rng.RngState` and defaults to the current
     RNG states; ``scheduler.state_dict()`` is stored under ``"scheduler"``. ``tokenizer`` needs
     a ``save(directory)`` method. ``metrics_file`` is copied to ``metrics.jsonl``.
+    ``extra_config``: more JSON-safe entries for ``config.json`` (not its own keys).
     """
     _, arch = architecture_of(model)
     from attnkit import __version__
@@ -253,6 +258,10 @@ def save_checkpoint(
         "architecture": arch, "model": model.config.to_dict(),
         "train": _to_plain(train_config),
     }
+    clash = sorted(set(extra_config or {}) & (set(config) | {"tokenizer"}))
+    if clash:
+        raise ValueError(f"extra_config keys {clash} are the checkpoint's own config.json keys")
+    config.update(extra_config or {})
     ts = dict(trainer_state or {})
     r = ts.get("rng")
     ts["rng"] = rng.encode(r if isinstance(r, rng.RngState) else rng.capture()) \

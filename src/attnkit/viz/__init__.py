@@ -11,6 +11,7 @@
 
 Modules: :mod:`~attnkit.viz.capture` (one forward pass with hooks, memory budget, to_disk),
 :mod:`~attnkit.viz.result` (:class:`AttentionCapture`: JSON, safetensors),
+:mod:`~attnkit.viz.bertviz` (:func:`to_bertviz`: the arguments of bertviz's views),
 :mod:`~attnkit.viz.analysis` (rollout, flow, entropy, distance, head similarity),
 :mod:`~attnkit.viz.plots` (matplotlib figures, imported lazily),
 :mod:`~attnkit.viz.sites` (the attention modules of a model, memory estimate),
@@ -28,6 +29,7 @@ from attnkit.viz.analysis import (
     rollout,
     top_attended,
 )
+from attnkit.viz.bertviz import to_bertviz
 from attnkit.viz.capture import attention_sites, capture, estimate_bytes, model_info
 from attnkit.viz.loading import load_for_viz
 from attnkit.viz.result import KINDS, AttentionCapture
@@ -35,5 +37,5 @@ from attnkit.viz.result import KINDS, AttentionCapture
 __all__ = [
     "KINDS", "AttentionCapture", "capture", "estimate_bytes", "attention_sites", "model_info",
     "load_for_viz", "rollout", "attention_flow", "entropy", "mean_distance", "top_attended",
-    "head_similarity", "head_stats",
+    "head_similarity", "head_stats", "to_bertviz",
 ]

@@ -92,6 +92,13 @@ class AttentionCapture:
         maps = self.layer(kind, layer)
         return maps[_position(self.heads[kind], head, "head", kind)]
 
+    def to_bertviz(self) -> dict[str, Any]:
+        """Keyword arguments for ``bertviz.head_view`` / ``model_view``: per-layer
+        ``(1, H, L, L)`` tensors plus tokens (:func:`attnkit.viz.bertviz.to_bertviz`)."""
+        from attnkit.viz.bertviz import to_bertviz
+
+        return to_bertviz(self)
+
     @property
     def nbytes(self) -> int:
         """Bytes held by the weight tensors."""
