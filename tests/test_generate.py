@@ -13,6 +13,7 @@ from attnkit.generate import (
     BeamSearchOutput,
     GenerationConfig,
     beam_search,
+    fill_mask,
     generate,
     generate_seq2seq,
     left_pad,
@@ -459,3 +460,31 @@ def test_t5_beam_search_matches_transformers(tmp_path):
             n_eos += seq[-1] == eos
             lengths.add(len(seq))
     assert n_eos > 0 and len(lengths) > 1  # hypotheses ending on EOS took part
+
+
+# ---- masked LM ------------------------------------------------------------------------------
+
+
+def test_fill_mask_greedy_is_the_argmax_and_sampling_is_seeded():
+    from attnkit.models.bert import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    bert = BertForMaskedLM(BertConfig.preset("bert-tiny", vocab_size=40)).eval()
+    MASK = 4
+    ids = torch.tensor([[1, 7, MASK, 9, MASK, 2], [1, MASK, 8, 8, 2, 0]])
+    am = torch.tensor([[1] * 6, [1] * 5 + [0]])
+    with torch.no_grad():
+        logits = bert(ids, am).logits
+    out = fill_mask(bert, ids, MASK, attention_mask=am)
+    where = ids == MASK
+    assert torch.equal(out[~where], ids[~where])
+    assert torch.equal(out[where], logits[where].argmax(-1))
+    cfg = GenerationConfig(temperature=1.0, top_k=3, seed=5)
+    a, b = fill_mask(bert, ids, MASK, cfg, attention_mask=am), \
+        fill_mask(bert, ids, MASK, cfg, attention_mask=am)
+    assert torch.equal(a, b)
+    top3 = logits[where].topk(3).indices
+    assert (a[where][:, None] == top3).any(-1).all()
+    with pytest.raises(ValueError, match="no mask token"):
+        fill_mask(bert, ids[:, :1], MASK)
+

@@ -50,6 +50,7 @@ def test_classification_beats_chance(cls_data, tmp_path):
     r = cli("evaluate", "-k", out / "last", "--data", val, "--json")
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["accuracy"] == pytest.approx(acc, abs=1e-4)
+    assert "does not generate text" in error_line(cli("generate", "-k", out, "a [MASK]"))
 
 
 def _squad(path, n):

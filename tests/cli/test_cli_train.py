@@ -183,7 +183,11 @@ def test_mlm_objective(tmp_path, corpus_file):
     r = cli("evaluate", "-k", out, "--json", "--max-batches", 2)
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["architecture"] == "BertForMaskedLM"
-    assert "does not generate text" in error_line(cli("generate", "-k", out, "hi"))
+    # a masked LM fills its mask token in (greedy: the argmax; see test_cli_hf_export.py)
+    assert "put '[MASK]' in the prompt" in error_line(cli("generate", "-k", out, "hi"))
+    r = cli("generate", "-k", out, "the [MASK] statement", "--temperature", 0)
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.startswith("the") and "statement" in r.stdout
 
 
 def test_seq2seq_objective(tmp_path):

@@ -81,11 +81,9 @@ def _template(tok: Tokenizer, family: str) -> processors.TemplateProcessing | No
     if not pre and not suf:
         return None
     names = {i: tok.id_to_token(i) for i in pre + suf}
-    p = " ".join(names[i] for i in pre)
-    s = " ".join(names[i] for i in suf)
-    single = " ".join(x for x in (p, "$A", s) if x)
-    pair_b = " ".join(x for x in ("$B:1", " ".join(f"{names[i]}:1" for i in suf)) if x)
-    return processors.TemplateProcessing(single=single, pair=f"{single} {pair_b}",
+    single = [names[i] for i in pre] + ["$A"] + [names[i] for i in suf]
+    pair = single + ["$B:1"] + [f"{names[i]}:1" for i in suf]
+    return processors.TemplateProcessing(single=single, pair=pair,
                                          special_tokens=sorted((t, i) for i, t in names.items()))
 
 
