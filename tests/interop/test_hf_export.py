@@ -99,3 +99,23 @@ def test_sentence_pooling_files_and_checkpoint_entry(tmp_path):
     assert read_config(tmp_path / "ak")["sentence_pooling"] == {"pooling": "cls"}
     with pytest.raises(ValueError, match=r"\['model'\] are the checkpoint's own"):
         save_checkpoint(tmp_path / "x", bert, extra_config={"model": {}})
+
+
+def test_a_new_directory_appears_complete_or_not_at_all(char, tmp_path, monkeypatch):
+    import attnkit.interop.tokenizer as tokenizer_module
+
+    model = CausalLM(CausalLMConfig.preset("gpt2-tiny", vocab_size=char.vocab_size))
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tokenizer_module, "save_hf_tokenizer", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_hf(model, tmp_path / "out", tokenizer=char)
+    assert list(tmp_path.iterdir()) == []  # neither the target nor a temporary directory
+    monkeypatch.undo()
+    (tmp_path / "out").mkdir()  # an empty directory is written like a new one
+    save_hf(model, tmp_path / "out", tokenizer=char)
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {
+        "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+        "generation_config.json"}

@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -105,14 +108,34 @@ def save_hf(model: nn.Module, directory: str | Path, *, tokenizer: Any | None = 
     :class:`~attnkit.interop.tokenizer.TokenizerExportError`. ``sentence_pooling`` (a
     :class:`~attnkit.interop.sentence_transformers.SentencePooling`, ``BertModel`` only): also
     the sentence-transformers files. Everything is checked (:func:`check_hf_export`) before
-    anything is written. ``kwargs`` go to the family saver (e.g. ``extra_config``).
+    anything is written; a new (or empty) ``directory`` is built beside it and renamed into
+    place, so it appears complete or not at all. ``kwargs`` go to the family saver (e.g.
+    ``extra_config``).
     """
     check_hf_export(model, tokenizer=tokenizer, sentence_pooling=sentence_pooling)
+    target = Path(directory)
+    if target.is_dir() and not any(target.iterdir()):
+        target.rmdir()  # an empty directory is written like a new one
+    if target.exists():  # into an existing directory: file by file, others kept
+        return _write_hf(model, target, tokenizer, sentence_pooling, kwargs)
+    # a new directory appears complete or not at all: built beside it, then renamed
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        _write_hf(model, tmp / target.name, tokenizer, sentence_pooling, kwargs)
+        os.replace(tmp / target.name, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _write_hf(model: nn.Module, out: Path, tokenizer: Any | None, sentence_pooling: Any | None,
+              kwargs: dict[str, Any]) -> Path:
     family = model.config.family
     if tokenizer is not None:
         kwargs["extra_config"] = {**_token_ids(model, tokenizer),
                                   **(kwargs.get("extra_config") or {})}
-    out = Path(_resolve(SAVERS[family])(model, directory, **kwargs))
+    _resolve(SAVERS[family])(model, out, **kwargs)
     if tokenizer is not None:
         from attnkit.interop.tokenizer import save_hf_tokenizer
 
