@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from attnkit.data.tokenizers import Tokenizer
+from attnkit.fileio import temp_sibling
 
 __all__ = ["TokenFile", "TokenFileError", "token_dtype"]
 
@@ -101,8 +102,7 @@ class TokenFile:
             if existing is not None:
                 return existing
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp = temp_sibling(path)  # also removes what a killed build left
         count = docs = 0
         buf: list[np.ndarray] = []
         buffered = 0
@@ -133,7 +133,7 @@ class TokenFile:
             meta = {**want, "count": count, "documents": docs}
             os.replace(tmp, path)
             side = _sidecar(path)
-            side_tmp = side.with_name(f".{side.name}.{os.getpid()}.tmp")
+            side_tmp = temp_sibling(side)
             side_tmp.write_text(json.dumps(meta, indent=2) + "\n")
             os.replace(side_tmp, side)
         finally:

@@ -14,6 +14,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from attnkit.fileio import atomic_file
+
 __all__ = ["MetricsLog", "read_metrics", "plot_loss_curve"]
 
 
@@ -98,5 +100,6 @@ def plot_loss_curve(records: list[dict[str, Any]], path: str | Path,
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(str(path))
+    with atomic_file(path) as f:  # a run killed while plotting leaves no truncated image
+        fig.savefig(f, format=Path(path).suffix.lstrip(".") or "png")
     return Path(path)
