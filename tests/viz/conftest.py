@@ -20,11 +20,16 @@ def wordpiece():
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, wordpiece):
-    """A 2-layer, 4-head causal LM saved as a HF checkpoint with its WordPiece tokenizer,
-    loaded back with load_for_viz: ``(model, tokenizer)``."""
+def tiny_dir(tmp_path_factory, wordpiece):
+    """A 2-layer, 4-head causal LM saved as a HF checkpoint with its WordPiece tokenizer."""
     d = tmp_path_factory.mktemp("tiny-lm")
     torch.manual_seed(0)
     save_hf(CausalLM(CausalLMConfig.preset("gpt2-tiny", vocab_size=wordpiece.vocab_size)), d)
     wordpiece.save(d)
-    return load_for_viz(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dir):
+    """:func:`tiny_dir` loaded back with load_for_viz: ``(model, tokenizer)``."""
+    return load_for_viz(tiny_dir)

@@ -17,12 +17,14 @@ from attnkit.viz.server import create_app  # noqa: E402
 
 TEXT = "The animal didn't cross the street because it was too tired"
 MAX_CHARS = 300
+LOCAL = "http://127.0.0.1:8765"  # the guard answers loopback Host names only
 
 
 @pytest.fixture(scope="module")
 def client(tiny):
     model, tok = tiny
-    with TestClient(create_app(model, tok, max_chars=MAX_CHARS, max_tokens=64)) as c:
+    with TestClient(create_app(model, tok, max_chars=MAX_CHARS, max_tokens=64),
+                    base_url=LOCAL) as c:
         yield c
 
 
@@ -128,7 +130,7 @@ def _raw_get(app, raw_path: bytes) -> int:
     path = urllib.parse.unquote(raw_path.decode("latin-1"))
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
              "method": "GET", "scheme": "http", "path": path, "raw_path": raw_path,
-             "root_path": "", "query_string": b"", "headers": [(b"host", b"testserver")],
+             "root_path": "", "query_string": b"", "headers": [(b"host", b"localhost:8765")],
              "client": ("127.0.0.1", 1234), "server": ("testserver", 80)}
     sent: list[dict] = []
 
@@ -187,7 +189,13 @@ def test_serve_command_registered_on_viz_app(monkeypatch, tmp_path):
                             "--max-chars", "50"])
     assert r.exit_code == 0, r.output
     assert calls[-1] == ((str(tmp_path),), {"host": "127.0.0.1", "port": 9001, "max_chars": 50,
-                                             "max_tokens": 256})
+                                             "max_tokens": 4096, "memory_budget": 2**30,
+                                             "allowed_hosts": []})
+    r = runner.invoke(app, ["serve", "-c", str(tmp_path), "--allow-host", "box.lan",
+                            "--allow-host", "10.0.0.5", "--memory-budget", "64"])
+    assert r.exit_code == 0, r.output
+    assert calls[-1][1]["allowed_hosts"] == ["box.lan", "10.0.0.5"]
+    assert calls[-1][1]["memory_budget"] == 64 * 2**20
     r = runner.invoke(app, ["--checkpoint", str(tmp_path), "serve"])  # the callback's option
     assert r.exit_code == 0, r.output
     assert calls[-1][0] == (str(tmp_path),)
@@ -195,7 +203,7 @@ def test_serve_command_registered_on_viz_app(monkeypatch, tmp_path):
     assert r.exit_code == 2 and "--checkpoint" in r.output
     monkeypatch.undo()
     r = runner.invoke(app, ["serve", "--checkpoint", str(tmp_path / "missing")])
-    assert r.exit_code == 1 and "does not exist" in r.output
+    assert r.exit_code == 2 and "does not exist" in r.output
 
 
 def test_seq2seq_kinds_and_decoder_text(wordpiece):
@@ -205,7 +213,7 @@ def test_seq2seq_kinds_and_decoder_text(wordpiece):
     torch.manual_seed(0)
     cfg = Seq2SeqConfig.preset("t5-tiny", vocab_size=tok.vocab_size, n_decoder_layers=3,
                                dropout=0.0)
-    with TestClient(create_app(Seq2SeqLM(cfg).eval(), tok)) as c:
+    with TestClient(create_app(Seq2SeqLM(cfg).eval(), tok), base_url=LOCAL) as c:
         info = c.get("/api/info").json()
         assert info["kinds"] == ["encoder", "decoder", "cross"]
         r = c.post("/api/attention", json={"text": "the quick brown fox",

@@ -12,10 +12,11 @@ with ``return_weights=True``. A forward hook on every attention module
 (:class:`~attnkit.attention.multihead.MultiHeadAttention` of every
 :class:`~attnkit.models.stacks.TransformerStack` layer) copies the kept heads of the kept
 layers as they are produced and hands ``None`` on instead of the weights, so the model never
-holds the maps of all layers at once. The attention outputs themselves are untouched, so the
-logits are those of a plain forward (up to the float rounding of the weight-returning
-reference attention path, ~1e-6). Captures of one model from several threads take turns
-(a per-model lock), since the hooks live on the shared modules.
+holds the maps of all layers at once; a layer that is not kept is not asked for its weights
+at all (a pre-hook), so it runs its fast attention path. The attention outputs themselves are
+untouched, so the logits are those of a plain forward (up to the float rounding of the
+weight-returning reference attention path, ~1e-6). Captures of one model from several
+threads take turns (a per-model lock), since the hooks live on the shared modules.
 
 Memory: the kept maps need ``layers · heads · Lq · Lk · 4`` bytes (summed over the kinds;
 :func:`~attnkit.viz.sites.estimate_bytes`). Above ``memory_budget`` (default 512 MiB)
@@ -57,7 +58,7 @@ from attnkit.viz.sites import (
 )
 from attnkit.viz.tokens import display_token, display_tokens, is_byte_level
 
-__all__ = ["capture", "estimate_bytes", "attention_sites", "model_info", "Site",
+__all__ = ["capture", "input_lengths", "estimate_bytes", "attention_sites", "model_info", "Site",
            "AttentionCapture", "DEFAULT_BUDGET"]
 
 DEFAULT_BUDGET = 512 * 2**20
@@ -197,6 +198,16 @@ def _prepare(model: nn.Module, family: str, tok: Any, inp: Any, decoder_text: An
     return res
 
 
+def input_lengths(model: nn.Module, tokenizer: Any, text: str, *,
+                  decoder_text: str | None = None, max_tokens: int = 512,
+                  add_special_tokens: bool = True) -> tuple[int, int | None]:
+    """``(tokens, decoder tokens or None)`` that :func:`capture` with the same arguments would
+    show, after special tokens and truncation, without running the model."""
+    x = _prepare(model, model_info(model)["family"], tokenizer, text, decoder_text, max_tokens,
+                 add_special_tokens)
+    return len(x.tokens), (len(x.dec_ids) if x.dec_ids is not None else None)
+
+
 def _budget_error(need: int, budget: int, n_tokens: int, to_disk: bool) -> ValueError:
     mib = 2**20
     what = "one layer's maps" if to_disk else "the kept maps"
@@ -276,7 +287,14 @@ def capture(
         slot = sel_layers[site.kind].index(site.layer) if keep else -1
         head_idx = torch.tensor(sel_heads[site.kind]) if keep else None
 
+        def pre_hook(module: nn.Module, args: Any, kwargs: dict[str, Any]) -> Any:
+            if kwargs.get("return_weights"):  # a layer not kept takes its fast path
+                return args, {**kwargs, "return_weights": False}
+            return None
+
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
+            if isinstance(output, Tensor):  # a layer not kept: the (out, weights) asked for
+                return output, None
             if not (isinstance(output, tuple) and len(output) == 2 and output[1] is not None):
                 return None
             out, w = output
@@ -289,11 +307,16 @@ def capture(
                 seen.add((site.kind, site.layer))
             return out, None  # the model does not keep the maps
 
-        return hook
+        return (hook, None if keep else pre_hook)
 
     device = next(model.parameters()).device
     with _lock(model):  # hooks live on the modules: one capture of a model at a time
-        handles = [s.module.register_forward_hook(make_hook(s)) for s in sites]
+        handles = []
+        for s in sites:
+            hook, pre_hook = make_hook(s)
+            handles.append(s.module.register_forward_hook(hook))
+            if pre_hook is not None:
+                handles.append(s.module.register_forward_pre_hook(pre_hook, with_kwargs=True))
         was_training = model.training
         try:
             model.eval()

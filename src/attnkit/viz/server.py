@@ -6,13 +6,29 @@ Routes (:func:`create_app`):
 * ``GET /static/...`` — its CSS/JS, served by Starlette's ``StaticFiles`` from that folder only
   (``..`` and encoded variants cannot leave it: 404).
 * ``GET /api/info`` — :func:`attnkit.viz.capture.model_info` (``family``, ``architecture``,
-  ``n_layers``, ``n_heads``, ``kinds``, ``layers_per_kind``, ``heads_per_kind``) plus
-  ``max_chars`` and ``max_tokens``.
+  ``n_layers``, ``n_heads``, ``kinds``, ``layers_per_kind``, ``heads_per_kind``) plus the
+  limits ``max_chars``, ``max_tokens``, ``max_body``, ``dense_tokens``, ``dense_cells``,
+  ``max_view_size``, ``max_lines``, ``max_top_k``.
 * ``POST /api/attention`` — body ``{"text": str, "decoder_text"?: str, "layers"?: [int],
-  "heads"?: [int]}``; answers the explorer payload of :mod:`attnkit.viz.web`. Errors are 4xx
-  with ``{"detail": "<message>"}``: 422 for an empty text, a wrong type, an unknown field or a
-  layer/head outside the model (the message names the valid range), 413 for a text longer than
-  ``max_chars`` (or a body far larger than that could need).
+  "heads"?: [int]}``. A short input (at most ``dense_tokens`` tokens and ``dense_cells``
+  weights over the kept maps) answers the full explorer payload of :mod:`attnkit.viz.web`;
+  a longer one the same payload *without weights* and with ``"windowed": true`` (each kind:
+  ``layers``, ``heads``, ``shape: [Lq, Lk]``): the page then asks for views of it.
+* ``POST /api/heatmap`` — ``{"text", "decoder_text"?, "kind"?, "layer": int, "head": int |
+  "mean", "heads"?: [int], "q"?: [start, stop], "k"?: [start, stop], "size"?: int,
+  "reduce"?: "max" | "mean"}``: the window ``q × k`` of one map reduced to at most ``size ×
+  size`` cells (:func:`attnkit.viz.views.window`): ``{"rows", "cols", "cells", "exact", ...}``.
+* ``POST /api/lines`` — ``{..., "q": [start, stop], "top_k"?: int}``: the strongest keys of
+  each query in ``q`` (:func:`attnkit.viz.views.top_keys`): ``{"keys", "weights", ...}``.
+
+Views of long inputs come from a :class:`~attnkit.viz.map_cache.MapCache` (one layer captured
+per request that needs it, kept in float16 under ``memory_budget`` bytes).
+
+Errors are 4xx with ``{"detail": "<message>"}``: 422 for an empty text, a wrong type, an
+unknown field, or a kind/layer/head/range outside the model or input (the message names the
+valid range), 413 for a text longer than ``max_chars`` or a body larger than that could need,
+400 for a ``Host`` header that is not this machine's (:mod:`attnkit.viz.guard`: DNS
+rebinding), 405 for a wrong method, 404 for anything else.
 
 :func:`serve` loads a checkpoint with ``attnkit.viz.loading.load_for_viz`` and runs uvicorn,
 bound to 127.0.0.1 unless told otherwise: the server runs a model on whatever it is sent, so it
@@ -23,20 +39,26 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr
-from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from attnkit.viz.capture import capture, model_info
-from attnkit.viz.web import STATIC_DIR, to_payload
+from attnkit.viz.capture import capture, input_lengths, model_info
+from attnkit.viz.guard import RequestGuard
+from attnkit.viz.map_cache import BudgetError, MapCache
+from attnkit.viz.sites import lengths
+from attnkit.viz.views import check_range, top_keys, window
+from attnkit.viz.web import DECIMALS, STATIC_DIR, to_payload
 
-__all__ = ["create_app", "serve", "DEFAULT_HOST", "DEFAULT_PORT"]
+__all__ = ["create_app", "serve", "DEFAULT_HOST", "DEFAULT_PORT", "ServerLimits"]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
@@ -46,15 +68,67 @@ _CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'
         "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
 
 
-class AttentionRequest(BaseModel):
-    """Body of ``POST /api/attention``."""
+@dataclass(frozen=True)
+class ServerLimits:
+    """What one request may ask for (the defaults of ``attnkit viz serve``)."""
 
+    max_chars: int = 50_000  # text (and decoder text) length
+    max_tokens: int = 4096  # inputs are truncated to this many tokens
+    memory_budget: int = 1 << 30  # bytes of captured maps kept for views of long inputs
+    dense_tokens: int = 256  # up to this many tokens ...
+    dense_cells: int = 1 << 21  # ... and weights in all, the page gets every map at once
+    max_view_size: int = 512  # heatmap cells per side
+    max_lines: int = 256  # queries per lines view
+    max_top_k: int = 64
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{f.name} must be an integer >= 1, got {value!r}")
+
+    @property
+    def max_body(self) -> int:
+        """Request bytes: text + decoder_text (a character is at most 12 bytes of JSON, an
+        escaped surrogate pair) + the rest of a request."""
+        return 4096 + 24 * self.max_chars
+
+
+class _Text(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     text: StrictStr
     decoder_text: StrictStr | None = None
+
+
+class AttentionRequest(_Text):
+    """Body of ``POST /api/attention``."""
+
     layers: list[StrictInt] | None = None
     heads: list[StrictInt] | None = None
+
+
+class _ViewRequest(_Text):
+    kind: StrictStr | None = None
+    layer: StrictInt
+    head: StrictInt | Literal["mean"]
+    heads: list[StrictInt] | None = None  # the heads a "mean" averages (default: all)
+
+
+class HeatmapRequest(_ViewRequest):
+    """Body of ``POST /api/heatmap``."""
+
+    q: tuple[StrictInt, StrictInt] | None = None
+    k: tuple[StrictInt, StrictInt] | None = None
+    size: StrictInt = 256
+    reduce: Literal["max", "mean"] = "max"
+
+
+class LinesRequest(_ViewRequest):
+    """Body of ``POST /api/lines``."""
+
+    q: tuple[StrictInt, StrictInt]
+    top_k: StrictInt = 8
 
 
 class _Reject(Exception):
@@ -73,34 +147,7 @@ def _check_indices(name: str, values: list[int] | None, n: int) -> list[int] | N
         if not 0 <= v < n:
             raise _Reject(422, f"unknown {name[:-1]} {v}: valid {name} are 0..{n - 1} "
                                f"({n} {name})")
-    return list(dict.fromkeys(values))
-
-
-class _BodyLimit:
-    """ASGI middleware: 413 for a declared body larger than ``max_body`` bytes (before it is
-    read), and ``X-Content-Type-Options: nosniff`` on every response."""
-
-    def __init__(self, app: Any, max_body: int, max_chars: int):
-        self.app, self.max_body, self.max_chars = app, max_body, max_chars
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        length = dict(scope.get("headers") or ()).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_body):
-            response = JSONResponse(
-                {"detail": f"request body too large (limit {self.max_body} bytes; texts are "
-                           f"limited to {self.max_chars} characters)"}, status_code=413)
-            await response(scope, receive, send)
-            return
-
-        async def send_nosniff(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                MutableHeaders(scope=message).setdefault("X-Content-Type-Options", "nosniff")
-            await send(message)
-
-        await self.app(scope, receive, send_nosniff)
+    return sorted(dict.fromkeys(values))
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -116,28 +163,42 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-def create_app(model: Any, tokenizer: Any, *, max_chars: int = 2000, max_tokens: int = 256
-               ) -> FastAPI:
-    """The explorer app for one model and tokenizer (see the module docstring). Requests run
-    :func:`attnkit.viz.capture.capture` one at a time (the model is shared), in FastAPI's
-    thread pool; inputs longer than ``max_tokens`` are truncated (the payload says so)."""
-    if max_chars < 1 or max_tokens < 1:
-        raise ValueError("max_chars and max_tokens must be >= 1")
+def _json(obj: Any) -> Response:
+    return Response(json.dumps(obj, separators=(",", ":"), allow_nan=False),
+                    media_type="application/json")
+
+
+def _rounded(t: Any) -> list:
+    import torch
+
+    return torch.round(t.double(), decimals=DECIMALS).tolist()
+
+
+def create_app(model: Any, tokenizer: Any, *, limits: ServerLimits | None = None,
+               allowed_hosts: Iterable[str] = (), **limit_overrides: int) -> FastAPI:
+    """The explorer app for one model and tokenizer (see the module docstring). ``limits``
+    (or keyword overrides of its fields, e.g. ``max_chars=300``) bound every request;
+    ``allowed_hosts``: ``Host`` names accepted besides the loopback ones (``"*"``: any).
+    Requests run :func:`attnkit.viz.capture.capture` one at a time (the model is shared), in
+    FastAPI's thread pool; inputs longer than ``max_tokens`` are truncated (the payload says
+    so)."""
+    lim = replace(limits or ServerLimits(), **limit_overrides)
     if tokenizer is None:
         raise ValueError("the explorer shows attention over text and needs a tokenizer; this "
                          f"model ({type(model).__name__}) has none")
-    info = {**model_info(model), "max_chars": max_chars, "max_tokens": max_tokens}
+    info = {**model_info(model), **asdict(lim), "max_body": lim.max_body}
+    del info["memory_budget"]
     # one layers=/heads= list applies to every kind: it must be valid for all of them
     n_layers = min(info["layers_per_kind"].values())
     n_heads = min(info["heads_per_kind"].values())
-    # text + decoder_text; a character is at most 12 bytes of JSON (an escaped surrogate pair)
-    max_body = 4096 + 24 * max_chars
     lock = threading.Lock()
+    maps = MapCache(model, tokenizer, max_tokens=lim.max_tokens, budget=lim.memory_budget)
     model.eval()
 
     app = FastAPI(title="attnkit attention explorer", docs_url=None, redoc_url=None,
                   openapi_url=None)
     app.state.model, app.state.tokenizer, app.state.info = model, tokenizer, info
+    app.state.limits, app.state.maps = lim, maps
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -147,7 +208,43 @@ def create_app(model: Any, tokenizer: Any, *, max_chars: int = 2000, max_tokens:
     async def _rejected(request: Request, exc: _Reject) -> JSONResponse:
         return JSONResponse({"detail": exc.message}, status_code=exc.status)
 
-    app.add_middleware(_BodyLimit, max_body=max_body, max_chars=max_chars)
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        cause = exc.__cause__  # FastAPI's body parser: RecursionError, UnicodeDecodeError, ...
+        if exc.status_code == 400 and cause is not None:
+            reason = str(cause).split(";")[0]
+            return JSONResponse({"detail": f"body: not valid JSON ({reason})"},
+                                status_code=400)
+        return await http_exception_handler(request, exc)
+
+    app.add_middleware(RequestGuard, max_body=lim.max_body, allowed_hosts=allowed_hosts,
+                       body_note=f"texts are limited to {lim.max_chars} characters")
+
+    def check_text(req: _Text) -> None:
+        for name in ("text", "decoder_text"):
+            value = getattr(req, name)
+            if value is None:
+                continue
+            if not value.strip():
+                raise _Reject(422, f"{name} is empty")
+            try:  # JSON allows "\ud800"; no tokenizer can encode it
+                value.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise _Reject(422, f"{name} is not valid Unicode: a lone surrogate "
+                                   f"{value[e.start]!r} at character {e.start}") from None
+            if len(value) > lim.max_chars:
+                raise _Reject(413, f"{name} is {len(value)} characters long; the limit is "
+                                   f"{lim.max_chars}")
+        if req.decoder_text is not None and "cross" not in info["kinds"]:
+            raise _Reject(422, f"decoder_text is only for seq2seq models; this one is "
+                               f"{info['family']!r}")
+
+    def input_shape(req: _Text) -> tuple[int, int | None]:
+        try:
+            return input_lengths(model, tokenizer, req.text, decoder_text=req.decoder_text,
+                                 max_tokens=lim.max_tokens)
+        except ValueError as e:  # e.g. the text has no tokens
+            raise _Reject(422, str(e)) from None
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
@@ -165,46 +262,116 @@ def create_app(model: Any, tokenizer: Any, *, max_chars: int = 2000, max_tokens:
 
     @app.post("/api/attention")
     def api_attention(req: AttentionRequest) -> Response:
-        for name in ("text", "decoder_text"):
-            value = getattr(req, name)
-            if value is None:
-                continue
-            if not value.strip():
-                raise _Reject(422, f"{name} is empty")
-            if len(value) > max_chars:
-                raise _Reject(413, f"{name} is {len(value)} characters long; the limit is "
-                                   f"{max_chars}")
-        if req.decoder_text is not None and "cross" not in info["kinds"]:
-            raise _Reject(422, f"decoder_text is only for seq2seq models; this one is "
-                               f"{info['family']!r}")
+        check_text(req)
         layers = _check_indices("layers", req.layers, n_layers)
         heads = _check_indices("heads", req.heads, n_heads)
-        try:
-            with lock:
-                cap = capture(model, tokenizer, req.text, layers=layers, heads=heads,
-                              max_tokens=max_tokens, decoder_text=req.decoder_text)
-        except ValueError as e:  # e.g. the text has no tokens
-            raise _Reject(422, str(e)) from None
-        payload = to_payload(cap)
+        n, n_dec = input_shape(req)
+        shapes = lengths(n, n_dec or 1)
+        cells = sum(len(layers or range(info["layers_per_kind"][k]))
+                    * len(heads or range(info["heads_per_kind"][k]))
+                    * shapes[k][0] * shapes[k][1] for k in info["kinds"])
+        if max(n, n_dec or 0) <= lim.dense_tokens and cells <= lim.dense_cells:
+            try:
+                with lock:
+                    cap = capture(model, tokenizer, req.text, layers=layers, heads=heads,
+                                  max_tokens=lim.max_tokens, decoder_text=req.decoder_text)
+            except ValueError as e:
+                raise _Reject(422, str(e)) from None
+            payload = to_payload(cap)
+        else:
+            payload = windowed_payload(req, layers, heads, shapes)
         payload["text"] = req.text
         if req.decoder_text is not None:
             payload["decoder_text"] = req.decoder_text
-        return Response(json.dumps(payload, separators=(",", ":"), allow_nan=False),
-                        media_type="application/json")
+        return _json(payload)
+
+    def windowed_payload(req: AttentionRequest, layers: list[int] | None,
+                         heads: list[int] | None, shapes: dict) -> dict[str, Any]:
+        """The explorer payload without weights; the first layer's maps are captured now,
+        so the page's first views are served from the cache."""
+        kind = info["kinds"][0]
+        first = maps_for(req, kind, (layers or [0])[0])
+        meta = first.meta.to_dict(include_weights=False)
+        meta["kinds"] = {k: {"layers": layers or list(range(info["layers_per_kind"][k])),
+                             "heads": heads or list(range(info["heads_per_kind"][k])),
+                             "shape": list(shapes[k])} for k in info["kinds"]}
+        meta["windowed"] = True
+        return {k: v for k, v in meta.items() if v is not None or k == "decoder_tokens"}
+
+    def maps_for(req: _Text, kind: str, layer: int) -> Any:
+        try:
+            return maps.get(req.text, req.decoder_text, kind, layer,
+                            info["heads_per_kind"][kind])
+        except BudgetError as e:
+            raise _Reject(413, str(e)) from None
+        except ValueError as e:
+            raise _Reject(422, str(e)) from None
+
+    def view_maps(req: _ViewRequest) -> tuple[str, Any, Any]:
+        """Validate a view request; ``(kind, LayerMaps, the map or heads to show)``."""
+        check_text(req)
+        kind = info["kinds"][0] if req.kind is None else req.kind
+        if kind not in info["kinds"]:
+            raise _Reject(422, f"unknown kind {kind!r}: this model has {info['kinds']}")
+        nl, nh = info["layers_per_kind"][kind], info["heads_per_kind"][kind]
+        _check_indices("layers", [req.layer], nl)
+        if req.head != "mean":
+            _check_indices("heads", [req.head], nh)
+        subset = _check_indices("heads", req.heads, nh)
+        lm = maps_for(req, kind, req.layer)
+        return kind, lm, lm.map(req.head, subset)
+
+    def view_header(req: _ViewRequest, kind: str, lm: Any) -> dict[str, Any]:
+        return {"kind": kind, "layer": req.layer, "head": req.head,
+                "shape": list(lm.mean.shape), "truncated": lm.meta.truncated}
+
+    @app.post("/api/heatmap")
+    def api_heatmap(req: HeatmapRequest) -> Response:
+        if not 1 <= req.size <= lim.max_view_size:
+            raise _Reject(422, f"size {req.size} is outside 1..{lim.max_view_size}")
+        kind, lm, attn = view_maps(req)
+        try:
+            w = window(attn, req.q, req.k, size=req.size, reduce=req.reduce)
+        except ValueError as e:
+            raise _Reject(422, str(e)) from None
+        return _json({**view_header(req, kind, lm), "reduce": w.reduce,
+                      "q": [w.rows[0], w.rows[-1]], "k": [w.cols[0], w.cols[-1]],
+                      "rows": w.rows, "cols": w.cols, "exact": w.exact,
+                      "cells": _rounded(w.cells)})
+
+    @app.post("/api/lines")
+    def api_lines(req: LinesRequest) -> Response:
+        if not 1 <= req.top_k <= lim.max_top_k:
+            raise _Reject(422, f"top_k {req.top_k} is outside 1..{lim.max_top_k}")
+        start, stop = req.q
+        if not 0 < stop - start <= lim.max_lines:
+            raise _Reject(422, f"q [{start}, {stop}) must hold 1..{lim.max_lines} queries")
+        kind, lm, attn = view_maps(req)
+        try:
+            check_range("query", req.q, attn.shape[-2])
+            top = top_keys(attn, req.q, req.top_k)
+        except ValueError as e:
+            raise _Reject(422, str(e)) from None
+        return _json({**view_header(req, kind, lm), "q": [start, stop], "top_k": req.top_k,
+                      "keys": top.keys,
+                      "weights": [[round(x, DECIMALS) for x in row] for row in top.weights]})
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
 
 
 def serve(checkpoint: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
-          max_chars: int = 2000, max_tokens: int = 256, log_level: str = "info") -> None:
+          limits: ServerLimits | None = None, allowed_hosts: Iterable[str] = (),
+          log_level: str = "info", **limit_overrides: int) -> None:
     """Load ``checkpoint`` (``attnkit.viz.loading.load_for_viz``) and serve the explorer at
-    ``http://host:port/`` until interrupted."""
+    ``http://host:port/`` until interrupted. Requests must name this machine in their
+    ``Host`` header: a loopback name, ``host`` itself, or one of ``allowed_hosts``."""
     import uvicorn
 
     from attnkit.viz.loading import load_for_viz
 
     model, tokenizer = load_for_viz(checkpoint)
-    app = create_app(model, tokenizer, max_chars=max_chars, max_tokens=max_tokens)
+    app = create_app(model, tokenizer, limits=limits, allowed_hosts=[host, *allowed_hosts],
+                     **limit_overrides)
     print(f"attnkit explorer: http://{host}:{port}/  (Ctrl+C to stop)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

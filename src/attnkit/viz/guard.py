@@ -1,0 +1,149 @@
+"""The explorer server's gate: who may ask (the ``Host`` header) and how much they may send.
+
+:class:`RequestGuard` is ASGI middleware in front of the whole app:
+
+* **Host names.** A page on ``evil.example`` can make its visitor's browser talk to
+  ``127.0.0.1`` by re-pointing its own DNS name there (DNS rebinding); the browser then sends
+  ``Host: evil.example``. Only requests whose ``Host`` is a loopback name (``localhost``,
+  ``*.localhost``, ``127.0.0.0/8``, ``::1``) or one of the configured names (the address the
+  server binds, ``--allow-host``) are answered; others get ``400`` naming the host and the
+  names accepted. ``"*"`` among the names turns the check off.
+* **Body size.** At most ``max_body`` bytes: a larger declared ``Content-Length`` is refused
+  before anything is read, and a body without one (``Transfer-Encoding: chunked``) is read as
+  it arrives and refused the moment it passes the limit, so the server never holds more than
+  ``max_body`` bytes of a request (plus uvicorn's 64 KiB read buffer). Refusals (``413``)
+  carry ``Connection: close``: the server stops reading the connection instead of draining
+  the rest of the upload.
+* Every response gets ``X-Content-Type-Options: nosniff``.
+
+Refusals are JSON ``{"detail": "<message>"}``, like the app's own errors.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+__all__ = ["RequestGuard", "normalize_host", "is_loopback_name"]
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+def normalize_host(value: str) -> str:
+    """``Host`` header value → bare lower-case name: port, IPv6 brackets and a trailing dot
+    removed (``"[::1]:8765"`` → ``"::1"``, ``"LocalHost.:80"`` → ``"localhost"``)."""
+    host = value.strip().lower()
+    if host.startswith("["):  # [v6]:port
+        host = host[1:host.find("]")] if "]" in host else host[1:]
+    elif host.count(":") == 1:  # name:port (a bare v6 address has several colons)
+        host = host.split(":", 1)[0]
+    return host.rstrip(".")
+
+
+def is_loopback_name(host: str) -> bool:
+    """``localhost``, ``*.localhost`` (RFC 6761: always loopback, browsers never ask DNS) or a
+    loopback IP address."""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def _refuse(send: Send, status: int, message: str) -> None:
+    body = json.dumps({"detail": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close"),
+                            (b"x-content-type-options", b"nosniff")]})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+class RequestGuard:
+    """ASGI middleware: Host allow-list, streamed body limit, ``nosniff`` (module docstring).
+
+    ``allowed_hosts``: names accepted besides the loopback ones; ``body_note`` is appended to
+    the 413 message (e.g. the text limit in characters)."""
+
+    def __init__(self, app: Any, *, max_body: int, allowed_hosts: Iterable[str] = (),
+                 body_note: str = ""):
+        if max_body < 1:
+            raise ValueError(f"max_body must be >= 1, got {max_body}")
+        self.app, self.max_body, self.body_note = app, max_body, body_note
+        names = {normalize_host(h) for h in allowed_hosts if h.strip()}
+        self.any_host = "*" in names
+        self.allowed = names - {"*"}
+
+    def host_allowed(self, host: str) -> bool:
+        return self.any_host or is_loopback_name(host) or host in self.allowed
+
+    def _too_large(self, size: str) -> str:
+        note = f"; {self.body_note}" if self.body_note else ""
+        return f"request body too large ({size}; the limit is {self.max_body} bytes{note})"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):  # lifespan
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or ())
+        raw_host = headers.get(b"host", b"").decode("latin-1")
+        host = normalize_host(raw_host)
+        if not self.host_allowed(host):
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            names = sorted({"localhost", "127.0.0.1", "::1", *self.allowed})
+            shown = repr(raw_host) if raw_host else "missing"
+            await _refuse(send, 400, f"Host header {shown} is not served here (accepted: "
+                                     f"{', '.join(names)}; start the server with --allow-host "
+                                     "NAME to add one)")
+            return
+        if scope["type"] == "websocket":
+            await self.app(scope, receive, send)
+            return
+
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            await _refuse(send, 413, self._too_large(f"Content-Length {length.decode()!r}"))
+            return
+        # read the body here, never past the limit, then replay it to the app
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                await _refuse(send, 413, self._too_large(f"more than {self.max_body} bytes "
+                                                         "sent"))
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()  # after the body: wait for the disconnect
+
+        async def send_nosniff(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                hs = list(message.get("headers", ()))
+                if not any(k.lower() == b"x-content-type-options" for k, _ in hs):
+                    hs.append((b"x-content-type-options", b"nosniff"))
+                message = {**message, "headers": hs}
+            await send(message)
+
+        await self.app(scope, replay, send_nosniff)
