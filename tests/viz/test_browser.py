@@ -137,8 +137,9 @@ def test_explorer_in_chromium(browser, server, tiny, tmp_path):
     errors: list[str] = []
     page = _new_page(browser, errors)
     page.goto(server + "/")
-    page.wait_for_function("document.getElementById('model-info').textContent.includes('2 "
-                           "layers')")
+    # a function, not an expression: polling an expression needs eval, which the CSP forbids
+    page.wait_for_function("() => document.getElementById('model-info').textContent"
+                           ".includes('2 layers')")
 
     # the server's validation message reaches the status line
     page.fill("#text", "   ")
