@@ -1,34 +1,21 @@
-"""End to end in a real browser: the explorer served by uvicorn, driven by headless Chromium.
-
-Needs Playwright for Python (``pip install playwright``: the wheel bundles its driver; no
-``playwright install`` — the test launches the system Chromium, Debian's ``chromium``). Without
-a browser the test is skipped locally and FAILS when the ``CI`` environment variable is set.
-Set ``ATTNKIT_SCREENSHOT_DIR`` to keep the screenshots.
-"""
+"""End to end in a real browser: the explorer served by uvicorn, driven by headless Chromium
+(plumbing and requirements in ``_browser.py``)."""
 
 from __future__ import annotations
 
 import http.client
 import json
-import os
-import shutil
-import socket
-import threading
-import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 import torch
+from _browser import launch_browser, new_page, screenshot, serving
 
 from attnkit.viz.capture import capture
 from attnkit.viz.web import export_html, html_for_notebook
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 TEXT = "The animal didn't cross the street because it was too tired"
 TOL = 1e-3
 
@@ -38,55 +25,18 @@ LINES_JS = """els => els.map(e => [+e.dataset.q, +e.dataset.k,
 CELLS_JS = "els => els.map(e => [+e.dataset.q, +e.dataset.k, +e.dataset.weight])"
 
 
-def _unavailable(reason: str):
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} — CI is set, so the browser test must run")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def browser():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as e:
-        _unavailable(f"Playwright for Python is not installed ({e}); pip install playwright")
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    if exe is None:
-        _unavailable("no chromium on PATH (Debian: apt-get install -y chromium)")
-    pw = sync_playwright().start()
-    try:
-        b = pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, timeout=30_000)
-    except Exception as e:  # any launch failure means "no browser"
-        pw.stop()
-        _unavailable(f"chromium ({exe}) did not start: {e}")
-    yield b
-    b.close()
-    pw.stop()
+    yield from launch_browser()
 
 
 @pytest.fixture(scope="module")
 def server(tiny):
-    """uvicorn on a free port of 127.0.0.1, in a thread; yields the base URL."""
-    import uvicorn
-
     from attnkit.viz.server import create_app
 
     model, tok = tiny
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app(model, tok), log_level="warning"))
-    th = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    th.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        if not th.is_alive() or time.monotonic() > deadline:
-            pytest.fail("uvicorn did not start")
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    th.join(10)
-    sock.close()
+    with serving(create_app(model, tok)) as url:
+        yield url
 
 
 def _post(url: str, body: dict) -> dict:
@@ -94,25 +44,6 @@ def _post(url: str, body: dict) -> dict:
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=30) as r:
         return json.load(r)
-
-
-def _new_page(browser, errors: list[str]):
-    page = browser.new_page(viewport={"width": 1100, "height": 820})
-    page.set_default_timeout(15_000)
-    page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
-    page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error"
-            else None)
-    return page
-
-
-def _screenshot(page, tmp_path: Path, name: str) -> Path:
-    out = page.screenshot(path=str(tmp_path / name), full_page=True)
-    assert out[:8] == b"\x89PNG\r\n\x1a\n"
-    extra = os.environ.get("ATTNKIT_SCREENSHOT_DIR")
-    if extra:
-        Path(extra).mkdir(parents=True, exist_ok=True)
-        (Path(extra) / name).write_bytes(out)
-    return tmp_path / name
 
 
 def _check_lines(page, matrix: torch.Tensor) -> list:
@@ -135,7 +66,7 @@ def _check_lines(page, matrix: torch.Tensor) -> list:
 def test_explorer_in_chromium(browser, server, tiny, tmp_path):
     model, tok = tiny
     errors: list[str] = []
-    page = _new_page(browser, errors)
+    page = new_page(browser, errors)
     page.goto(server + "/")
     # a function, not an expression: polling an expression needs eval, which the CSP forbids
     page.wait_for_function("() => document.getElementById('model-info').textContent"
@@ -192,7 +123,7 @@ def test_explorer_in_chromium(browser, server, tiny, tmp_path):
     assert "focused" in page.get_attribute(
         f'#lines .token[data-side="left"][data-index="{q}"]', "class")
     assert page.text_content("#hover-info").startswith(f"“{api['tokens'][q]}”")
-    _screenshot(page, tmp_path, "explorer-lines.png")
+    screenshot(page, tmp_path, "explorer-lines.png")
     page.mouse.move(1000, 10)
     page.wait_for_selector("#lines:not(.has-focus)")
     assert page.locator("#lines line.focused").count() == 0
@@ -207,7 +138,7 @@ def test_explorer_in_chromium(browser, server, tiny, tmp_path):
         assert abs(cw - float(w[1, 3, cq, ck])) <= TOL
     page.hover('#heatmap rect.cell[data-q="7"][data-k="1"]')
     assert page.text_content("#hover-info").endswith(f"{float(w[1, 3, 7, 1]):.4f}")
-    shot = _screenshot(page, tmp_path, "explorer-heatmap.png")
+    shot = screenshot(page, tmp_path, "explorer-heatmap.png")
     assert shot.stat().st_size > 5_000
     assert errors == []
 
@@ -225,7 +156,7 @@ def test_exported_file_renders_offline(browser, tiny, tmp_path):
     cap = capture(model, tok, TEXT)
     path = export_html(cap, tmp_path / "snapshot.html")
     errors: list[str] = []
-    page = _new_page(browser, errors)
+    page = new_page(browser, errors)
     requests: list[str] = []
     page.on("request", lambda r: requests.append(r.url))
     page.goto(path.as_uri())
@@ -236,7 +167,7 @@ def test_exported_file_renders_offline(browser, tiny, tmp_path):
     assert page.is_visible("#embedded-note")
     assert page.input_value("#text") == TEXT
     assert all(u.startswith(("file:", "data:")) for u in requests), requests
-    _screenshot(page, tmp_path, "explorer-export.png")
+    screenshot(page, tmp_path, "explorer-export.png")
 
     # the notebook form: the same page inside <iframe srcdoc> (what IPython.display.HTML shows)
     page.set_content(f"<!doctype html><html><body>{html_for_notebook(cap)}</body></html>")
@@ -253,7 +184,7 @@ def test_exported_seq2seq_switches_kinds(browser, tmp_path, wordpiece):
     cfg = Seq2SeqConfig.preset("t5-tiny", vocab_size=tok.vocab_size, dropout=0.0)
     cap = capture(Seq2SeqLM(cfg).eval(), tok, "the quick brown fox", decoder_text="the dog")
     errors: list[str] = []
-    page = _new_page(browser, errors)
+    page = new_page(browser, errors)
     page.goto(export_html(cap, tmp_path / "s2s.html").as_uri())
     page.wait_for_selector("#status[data-state=ready]")
     kinds = [o.get_attribute("value") for o in page.locator("#kind option").all()]

@@ -14,6 +14,9 @@
   ``max_body`` bytes of a request (plus uvicorn's 64 KiB read buffer). Refusals (``413``)
   carry ``Connection: close``: the server stops reading the connection instead of draining
   the rest of the upload.
+* **Bodies in flight.** At most ``max_buffered`` bytes of request bodies are held at once,
+  over all connections; a request that would pass it gets ``503`` (``Retry-After: 1``), so
+  many concurrent uploads cannot add up to more than that either.
 * Every response gets ``X-Content-Type-Options: nosniff``.
 
 Refusals are JSON ``{"detail": "<message>"}``, like the app's own errors.
@@ -58,11 +61,12 @@ def is_loopback_name(host: str) -> bool:
 
 async def _refuse(send: Send, status: int, message: str) -> None:
     body = json.dumps({"detail": message}).encode()
+    extra = [(b"retry-after", b"1")] if status == 503 else []
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close"),
-                            (b"x-content-type-options", b"nosniff")]})
+                            (b"x-content-type-options", b"nosniff"), *extra]})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
@@ -72,11 +76,13 @@ class RequestGuard:
     ``allowed_hosts``: names accepted besides the loopback ones; ``body_note`` is appended to
     the 413 message (e.g. the text limit in characters)."""
 
-    def __init__(self, app: Any, *, max_body: int, allowed_hosts: Iterable[str] = (),
-                 body_note: str = ""):
+    def __init__(self, app: Any, *, max_body: int, max_buffered: int | None = None,
+                 allowed_hosts: Iterable[str] = (), body_note: str = ""):
         if max_body < 1:
             raise ValueError(f"max_body must be >= 1, got {max_body}")
         self.app, self.max_body, self.body_note = app, max_body, body_note
+        self.max_buffered = max(max_body, max_buffered or 64 * max_body)
+        self.buffered = 0  # bytes of bodies held right now (the event loop is one thread)
         names = {normalize_host(h) for h in allowed_hosts if h.strip()}
         self.any_host = "*" in names
         self.allowed = names - {"*"}
@@ -99,11 +105,11 @@ class RequestGuard:
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1008})
                 return
-            names = sorted({"localhost", "127.0.0.1", "::1", *self.allowed})
-            shown = repr(raw_host) if raw_host else "missing"
-            await _refuse(send, 400, f"Host header {shown} is not served here (accepted: "
-                                     f"{', '.join(names)}; start the server with --allow-host "
-                                     "NAME to add one)")
+            names = ", ".join(sorted({"localhost", "127.0.0.1", "::1", *self.allowed}))
+            what = (f"Host header {raw_host!r} is not served here" if raw_host else
+                    "Host header missing: a request must name the server")
+            await _refuse(send, 400, f"{what} (accepted: {names}; start the server with "
+                                     "--allow-host NAME to add one)")
             return
         if scope["type"] == "websocket":
             await self.app(scope, receive, send)
@@ -113,37 +119,57 @@ class RequestGuard:
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
             await _refuse(send, 413, self._too_large(f"Content-Length {length.decode()!r}"))
             return
-        # read the body here, never past the limit, then replay it to the app
+        # read the body here, never past the limits, then replay it to the app; its bytes
+        # count as in flight until the app has answered
         chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                await _refuse(send, 413, self._too_large(f"more than {self.max_body} bytes "
-                                                         "sent"))
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        replayed = False
+        held = 0
+        try:
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":  # the client went away
+                    return
+                chunk = message.get("body", b"")
+                if held + len(chunk) > self.max_body:
+                    await _refuse(send, 413, self._too_large(f"more than {self.max_body} "
+                                                             "bytes sent"))
+                    return
+                if self.buffered + len(chunk) > self.max_buffered:
+                    await _refuse(send, 503, f"server busy: {self.max_buffered} bytes of "
+                                             "request bodies are in flight; retry shortly")
+                    return
+                self.buffered += len(chunk)
+                held += len(chunk)
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+            body = b"".join(chunks)
+            chunks.clear()
+            await self.app(scope, _replay(body, receive), _nosniff(send))
+        finally:
+            self.buffered -= held
 
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-            return await receive()  # after the body: wait for the disconnect
 
-        async def send_nosniff(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                hs = list(message.get("headers", ()))
-                if not any(k.lower() == b"x-content-type-options" for k, _ in hs):
-                    hs.append((b"x-content-type-options", b"nosniff"))
-                message = {**message, "headers": hs}
-            await send(message)
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that hands over ``body`` once, then waits on the real one (disconnect)."""
+    pending = [body]
 
-        await self.app(scope, replay, send_nosniff)
+    async def replay() -> Message:
+        if pending:
+            return {"type": "http.request", "body": pending.pop(), "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def _nosniff(send: Send) -> Send:
+    """A ``send`` that adds ``X-Content-Type-Options: nosniff`` to the response headers."""
+
+    async def send_nosniff(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            hs = list(message.get("headers", ()))
+            if not any(k.lower() == b"x-content-type-options" for k, _ in hs):
+                hs.append((b"x-content-type-options", b"nosniff"))
+            message = {**message, "headers": hs}
+        await send(message)
+
+    return send_nosniff

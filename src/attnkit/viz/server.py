@@ -56,7 +56,7 @@ from attnkit.viz.guard import RequestGuard
 from attnkit.viz.map_cache import BudgetError, MapCache
 from attnkit.viz.sites import lengths
 from attnkit.viz.views import check_range, top_keys, window
-from attnkit.viz.web import DECIMALS, STATIC_DIR, to_payload
+from attnkit.viz.web import STATIC_DIR, to_payload
 
 __all__ = ["create_app", "serve", "DEFAULT_HOST", "DEFAULT_PORT", "ServerLimits"]
 
@@ -64,6 +64,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 
 # The page only ever loads its own files; the SVG is built with DOM calls (no inline styles).
+SIGNIFICANT = 4  # digits of the weights in heatmap / lines views
 _CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
         "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
 
@@ -75,8 +76,11 @@ class ServerLimits:
     max_chars: int = 50_000  # text (and decoder text) length
     max_tokens: int = 4096  # inputs are truncated to this many tokens
     memory_budget: int = 1 << 30  # bytes of captured maps kept for views of long inputs
-    dense_tokens: int = 256  # up to this many tokens ...
-    dense_cells: int = 1 << 21  # ... and weights in all, the page gets every map at once
+    # up to this many tokens and weights in all, the page gets every map at once and draws
+    # every pair (an SVG element each: 128 tokens already block a page for ~0.3 s)
+    dense_tokens: int = 64
+    dense_cells: int = 1 << 19
+    max_in_flight: int = 64 << 20  # bytes of request bodies held at once, all clients
     max_view_size: int = 512  # heatmap cells per side
     max_lines: int = 256  # queries per lines view
     max_top_k: int = 64
@@ -168,10 +172,15 @@ def _json(obj: Any) -> Response:
                     media_type="application/json")
 
 
-def _rounded(t: Any) -> list:
+def _significant(t: Any, digits: int = SIGNIFICANT) -> list:
+    """``t`` as nested lists, each value rounded to ``digits`` significant digits: a long
+    input's weights are small (~1/L), so a fixed number of decimals would flatten them."""
     import torch
 
-    return torch.round(t.double(), decimals=DECIMALS).tolist()
+    x = t.double()
+    exp = torch.floor(torch.log10(x.abs().clamp_min(1e-300)))
+    scale = torch.pow(10.0, digits - 1 - exp)
+    return torch.where(x == 0, x, torch.round(x * scale) / scale).tolist()
 
 
 def create_app(model: Any, tokenizer: Any, *, limits: ServerLimits | None = None,
@@ -187,7 +196,8 @@ def create_app(model: Any, tokenizer: Any, *, limits: ServerLimits | None = None
         raise ValueError("the explorer shows attention over text and needs a tokenizer; this "
                          f"model ({type(model).__name__}) has none")
     info = {**model_info(model), **asdict(lim), "max_body": lim.max_body}
-    del info["memory_budget"]
+    for private in ("memory_budget", "max_in_flight"):
+        del info[private]
     # one layers=/heads= list applies to every kind: it must be valid for all of them
     n_layers = min(info["layers_per_kind"].values())
     n_heads = min(info["heads_per_kind"].values())
@@ -217,7 +227,8 @@ def create_app(model: Any, tokenizer: Any, *, limits: ServerLimits | None = None
                                 status_code=400)
         return await http_exception_handler(request, exc)
 
-    app.add_middleware(RequestGuard, max_body=lim.max_body, allowed_hosts=allowed_hosts,
+    app.add_middleware(RequestGuard, max_body=lim.max_body, max_buffered=lim.max_in_flight,
+                       allowed_hosts=allowed_hosts,
                        body_note=f"texts are limited to {lim.max_chars} characters")
 
     def check_text(req: _Text) -> None:
@@ -337,7 +348,7 @@ def create_app(model: Any, tokenizer: Any, *, limits: ServerLimits | None = None
         return _json({**view_header(req, kind, lm), "reduce": w.reduce,
                       "q": [w.rows[0], w.rows[-1]], "k": [w.cols[0], w.cols[-1]],
                       "rows": w.rows, "cols": w.cols, "exact": w.exact,
-                      "cells": _rounded(w.cells)})
+                      "cells": _significant(w.cells)})
 
     @app.post("/api/lines")
     def api_lines(req: LinesRequest) -> Response:
@@ -354,7 +365,8 @@ def create_app(model: Any, tokenizer: Any, *, limits: ServerLimits | None = None
             raise _Reject(422, str(e)) from None
         return _json({**view_header(req, kind, lm), "q": [start, stop], "top_k": req.top_k,
                       "keys": top.keys,
-                      "weights": [[round(x, DECIMALS) for x in row] for row in top.weights]})
+                      "weights": [[float(f"{x:.{SIGNIFICANT}g}") for x in row]
+                                  for row in top.weights]})
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

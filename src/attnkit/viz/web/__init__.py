@@ -24,6 +24,14 @@ nested lists ``W[i][j][q][k]`` = the attention probability of query ``q`` on key
 ``layers[i]``, head ``heads[j]`` (rows sum to 1; ``len(W) == len(layers)``, ``len(W[i]) ==
 len(heads)``). Floats are rounded to :data:`DECIMALS` places.
 
+A long input served by :mod:`attnkit.viz.server` (past its ``dense_tokens`` / ``dense_cells``)
+gets the same payload with ``"windowed": true`` and, per kind, ``{"layers", "heads",
+"shape": [Lq, Lk]}`` instead of ``weights``: the page (``static/windowed.js``) then asks the
+server for views of one map at a time — a heatmap window reduced to at most 256 × 256 cells
+(zoomable down to exact weights) and each query's top-k keys — so neither the page nor the
+network ever holds ``Lq · Lk`` numbers. Snapshots (:func:`export_html`) are always the full
+payload and leave ``windowed.js`` out.
+
 The source of truth is ``attnkit.viz.capture.capture(...)`` — an
 :class:`~attnkit.viz.result.AttentionCapture`, whose ``to_json()`` is this payload plus a few
 extra keys (``kinds[k]["shape"]``). :func:`to_payload` accepts the capture object itself (its
@@ -50,6 +58,7 @@ DECIMALS = 4  # what AttentionCapture.to_json uses; 1e-4 is far below what the e
 # the exact lines of static/index.html that export_html replaces
 _CSS_TAG = '<link rel="stylesheet" href="static/style.css">'
 _JS_TAG = '<script src="static/app.js"></script>'
+_SERVER_ONLY_TAG = '<script src="static/windowed.js"></script>\n'  # long inputs: served only
 _DATA_MARK = "<!--ATTN-DATA-->"
 _PASS_THROUGH = ("version", "text", "decoder_text", "truncated", "n_tokens_original", "warnings",
                  "predictions", "token_ids", "raw_tokens", "decoder_token_ids",
@@ -192,11 +201,12 @@ def render_html(capture_or_json: Any, *, title: str | None = None) -> str:
     page = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
     css = (STATIC_DIR / "style.css").read_text(encoding="utf-8")
     js = (STATIC_DIR / "app.js").read_text(encoding="utf-8")
-    for mark in (_CSS_TAG, _JS_TAG, _DATA_MARK):
+    for mark in (_CSS_TAG, _JS_TAG, _DATA_MARK, _SERVER_ONLY_TAG):
         if page.count(mark) != 1:
             raise RuntimeError(f"static/index.html must contain {mark!r} exactly once")
     data = f'<script type="application/json" id="attn-data">{_script_json(payload)}</script>'
-    page = (page.replace(_CSS_TAG, _inline("style", css))
+    page = (page.replace(_SERVER_ONLY_TAG, "")
+            .replace(_CSS_TAG, _inline("style", css))
             .replace(_JS_TAG, _inline("script", js))
             .replace(_DATA_MARK, data))
     if title:

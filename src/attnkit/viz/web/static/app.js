@@ -10,6 +10,9 @@
  * "has-focus", and CSS dims the other lines) and "heatmap" (an SVG grid).
  * Head "all" shows the mean over the heads. Test hooks: .token[data-side][data-index],
  * line[data-q][data-k][data-weight], rect.cell[data-q][data-k][data-weight], #status[data-state].
+ *
+ * A long input's payload has "windowed": true and no weights: windowed.js (loaded first)
+ * draws server-computed views of it instead, with the same controls.
  */
 "use strict";
 (function () {
@@ -19,6 +22,7 @@
 
   const $ = (id) => document.getElementById(id);
   const state = { data: null, embedded: false, request: 0 };
+  const windowed = () => (state.data && state.data.windowed ? window.attnkitWindowed : null);
 
   function svgEl(name, attrs, parent) {
     const el = document.createElementNS(SVG_NS, name);
@@ -90,6 +94,13 @@
   // ---- rendering ---------------------------------------------------------------------------
   function render() {
     if (!state.data) return;
+    const win = windowed();
+    for (const el of document.querySelectorAll(".windowed")) el.hidden = !win;
+    if (win) {
+      win.render();
+      return;
+    }
+    $("canvas-view").hidden = true;
     const kindName = $("kind").value;
     const { q, k } = axes(kindName);
     const m = currentMatrix();
@@ -177,11 +188,16 @@
     $("hover-info").textContent = "";
   }
 
-  function cellColor(w) {
+  function cellRGB(w) {
     // white -> deep blue, linear in the weight
     const t = Math.min(1, Math.max(0, w));
     const mix = (a, b) => Math.round(a + (b - a) * t);
-    return `rgb(${mix(247, 8)}, ${mix(251, 48)}, ${mix(255, 107)})`;
+    return [mix(247, 8), mix(251, 48), mix(255, 107)];
+  }
+
+  function cellColor(w) {
+    const [r, g, b] = cellRGB(w);
+    return `rgb(${r}, ${g}, ${b})`;
   }
 
   function renderHeatmap(m, qTok, kTok) {
@@ -235,6 +251,7 @@
   // ---- data sources ------------------------------------------------------------------------
   function setData(data) {
     state.data = data;
+    if (window.attnkitWindowed) window.attnkitWindowed.reset();
     fillControls();
     render();
   }
@@ -286,13 +303,18 @@
     const lines = $("lines");
     lines.addEventListener("mouseover", (e) => {
       const t = e.target.closest(".token");
-      if (t) focusToken(t.dataset.side, Number(t.dataset.index));
+      if (!t) return;
+      const win = windowed();
+      (win ? win.focus : focusToken)(t.dataset.side, Number(t.dataset.index));
     });
     lines.addEventListener("mouseout", (e) => {
       if (e.target.closest(".token") && !(e.relatedTarget && e.relatedTarget.closest &&
-          e.relatedTarget.closest(".token"))) clearFocus();
+          e.relatedTarget.closest(".token"))) (windowed() || { clearFocus }).clearFocus();
     });
     $("heatmap").addEventListener("mouseover", onHeatmapOver);
+    if (window.attnkitWindowed) {
+      window.attnkitWindowed.init({ state, $, svgEl, setStatus, cellRGB, headColor });
+    }
 
     const embedded = $("attn-data");
     if (embedded) {
