@@ -273,7 +273,7 @@ def test_viz_on_a_trained_run(trained, tmp_path):
     assert "<script" in (tmp_path / "a.html").read_text()
     model, tok = load_for_viz(out)
     assert not model.training and tok.encode(text) == load_for_viz(out / "last")[1].encode(text)
-    with TestClient(create_app(model, tok)) as client:
+    with TestClient(create_app(model, tok), base_url="http://127.0.0.1") as client:
         info = client.get("/api/info").json()
         assert (info["n_layers"], info["n_heads"]) == (1, 2)
         data = client.post("/api/attention", json={"text": text}).json()
