@@ -27,8 +27,9 @@ per request that needs it, kept in float16 under ``memory_budget`` bytes).
 Errors are 4xx with ``{"detail": "<message>"}``: 422 for an empty text, a wrong type, an
 unknown field, or a kind/layer/head/range outside the model or input (the message names the
 valid range), 413 for a text longer than ``max_chars`` or a body larger than that could need,
-400 for a ``Host`` header that is not this machine's (:mod:`attnkit.viz.guard`: DNS
-rebinding), 405 for a wrong method, 404 for anything else.
+400 for a body that is not JSON at all or a ``Host`` header that is not this machine's
+(:mod:`attnkit.viz.guard`: DNS rebinding), 405 for a wrong method, 404 for anything else;
+503 while more than ``max_in_flight`` bytes of request bodies are held.
 
 :func:`serve` loads a checkpoint with ``attnkit.viz.loading.load_for_viz`` and runs uvicorn,
 bound to 127.0.0.1 unless told otherwise: the server runs a model on whatever it is sent, so it
