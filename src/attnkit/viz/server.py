@@ -39,7 +39,6 @@ is meant for the local machine.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal
@@ -202,7 +201,6 @@ def create_app(model: Any, tokenizer: Any, *, limits: ServerLimits | None = None
     # one layers=/heads= list applies to every kind: it must be valid for all of them
     n_layers = min(info["layers_per_kind"].values())
     n_heads = min(info["heads_per_kind"].values())
-    lock = threading.Lock()
     maps = MapCache(model, tokenizer, max_tokens=lim.max_tokens, budget=lim.memory_budget)
     model.eval()
 
@@ -239,14 +237,14 @@ def create_app(model: Any, tokenizer: Any, *, limits: ServerLimits | None = None
                 continue
             if not value.strip():
                 raise _Reject(422, f"{name} is empty")
+            if len(value) > lim.max_chars:
+                raise _Reject(413, f"{name} is {len(value)} characters long; the limit is "
+                                   f"{lim.max_chars}")
             try:  # JSON allows "\ud800"; no tokenizer can encode it
                 value.encode("utf-8")
             except UnicodeEncodeError as e:
                 raise _Reject(422, f"{name} is not valid Unicode: a lone surrogate "
                                    f"{value[e.start]!r} at character {e.start}") from None
-            if len(value) > lim.max_chars:
-                raise _Reject(413, f"{name} is {len(value)} characters long; the limit is "
-                                   f"{lim.max_chars}")
         if req.decoder_text is not None and "cross" not in info["kinds"]:
             raise _Reject(422, f"decoder_text is only for seq2seq models; this one is "
                                f"{info['family']!r}")
@@ -283,10 +281,9 @@ def create_app(model: Any, tokenizer: Any, *, limits: ServerLimits | None = None
                     * len(heads or range(info["heads_per_kind"][k]))
                     * shapes[k][0] * shapes[k][1] for k in info["kinds"])
         if max(n, n_dec or 0) <= lim.dense_tokens and cells <= lim.dense_cells:
-            try:
-                with lock:
-                    cap = capture(model, tokenizer, req.text, layers=layers, heads=heads,
-                                  max_tokens=lim.max_tokens, decoder_text=req.decoder_text)
+            try:  # captures of one model take turns (capture's own lock)
+                cap = capture(model, tokenizer, req.text, layers=layers, heads=heads,
+                              max_tokens=lim.max_tokens, decoder_text=req.decoder_text)
             except ValueError as e:
                 raise _Reject(422, str(e)) from None
             payload = to_payload(cap)
