@@ -84,6 +84,8 @@ def _run_cli(argv: list[str], log: str) -> None:
 
 @pytest.fixture(scope="module")
 def ctx():
+    if "forkserver" not in mp.get_all_start_methods():
+        pytest.skip("needs multiprocessing's fork server (POSIX)")
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)
     warm = ctx.Process(target=time.sleep, args=(0,))  # starts the server: imports PRELOAD
