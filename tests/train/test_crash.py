@@ -12,9 +12,12 @@ optimizer and trainer state must equal the uninterrupted run's, with no temporar
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import random
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -65,15 +68,11 @@ def _argv(out: Path, data: Path, resume: bool) -> list[str]:
 
 def _run_cli(argv: list[str], log: str) -> None:
     """The child process: ``attnkit <argv>``, output appended to ``log``."""
-    import sys
-
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
     sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
-    import threading
-
     from tqdm import tqdm
 
     tqdm.set_lock(threading.RLock())  # not a multiprocessing lock: a killed run cannot free it
@@ -111,13 +110,12 @@ def _live_step(out: Path) -> int:
 
 
 def _saved_step(out: Path) -> int:
-    """The step of the newest complete ``last`` checkpoint (0 while there is none)."""
-    for name in ("last", "last.old"):
-        try:
-            return read_trainer_state(out / name)["step"]
-        except (FileNotFoundError, ValueError):  # none yet, or renamed while we looked
-            continue
-    return 0
+    """The step of the ``last`` checkpoint (0 while there is none, or while it is being
+    replaced): polled, so read directly rather than through the ``.old`` fallback."""
+    try:
+        return json.loads((out / "last" / "trainer_state.json").read_text())["step"]
+    except (OSError, ValueError, KeyError):
+        return 0
 
 
 def _check_loads(ckpt: Path) -> int:
