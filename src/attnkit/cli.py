@@ -8,7 +8,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from attnkit.commands import convert_cmd, evaluate_cmd, finetune_cmd, generate_cmd, train_cmd
+from attnkit.commands import (
+    compare_cmd,
+    convert_cmd,
+    evaluate_cmd,
+    finetune_cmd,
+    generate_cmd,
+    train_cmd,
+)
 
 app = typer.Typer(
     name="attnkit",
@@ -32,6 +39,7 @@ app.command("generate")(generate_cmd)
 app.command("evaluate")(evaluate_cmd)
 app.command("finetune")(finetune_cmd)
 app.command("convert")(convert_cmd)
+app.command("compare")(compare_cmd)
 
 
 @app.command()

@@ -118,9 +118,10 @@ class RunConfig:
 # ---- files ----------------------------------------------------------------------------------
 
 
-def load_config_file(path: str | Path) -> dict[str, Any]:
+def load_config_file(path: str | Path, extra_keys: tuple[str, ...] = ()) -> dict[str, Any]:
     """A config file as a dict: ``.toml`` (tomllib), ``.yaml``/``.yml`` (PyYAML, if
-    installed) or ``.json``. Top-level keys are checked against :data:`SECTIONS`."""
+    installed) or ``.json``. Top-level keys are checked against :data:`SECTIONS` plus a
+    command's own ``extra_keys`` (``attnkit compare``: ``compare``, ``variants``)."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise CliError(f"config file not found: {p}")
@@ -152,10 +153,10 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise CliError(f"config file {p} must hold a mapping of sections, got "
                        f"{type(data).__name__}")
-    unknown = sorted(set(data) - set(SECTIONS))
+    unknown = sorted(set(data) - set(SECTIONS) - set(extra_keys))
     if unknown:
         raise CliError(f"config file {p}: unknown top-level keys {unknown}; valid keys: "
-                       f"{list(SECTIONS)}")
+                       f"{[*SECTIONS, *extra_keys]}")
     for section in ("model", "train", "data", "tokenizer"):
         if section in data and not isinstance(data[section], dict):
             raise CliError(f"config file {p}: [{section}] must be a table/mapping, got "

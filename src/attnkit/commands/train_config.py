@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,18 +83,28 @@ def required_fields(cls: type) -> set[str]:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
 
 
-def resolve_run(config_file: str | None = None, sets: list[str] | None = None,
-                flags: dict[str, Any] | None = None) -> ResolvedRun:
+def resolve_run(config_file: str | Path | Mapping[str, Any] | None = None,
+                sets: list[str] | None = None, flags: dict[str, Any] | None = None, *,
+                defaults: Mapping[str, Any] | None = None) -> ResolvedRun:
     """Layer the command defaults (or the run's ``run.json`` on resume), the config file,
-    the direct flags and ``--set`` into a :class:`RunConfig` and a ``TrainConfig``."""
+    the direct flags and ``--set`` into a :class:`RunConfig` and a ``TrainConfig``.
+
+    ``config_file``: a path, or a config file's content already loaded (a mapping of the
+    same sections). ``defaults``: a mapping of the same sections layered first, below the
+    file (``attnkit compare``'s per-task recipes)."""
     from attnkit.train.config import TrainConfig
 
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
-    file = load_config_file(config_file) if config_file else {}
+    if isinstance(config_file, Mapping):
+        file = dict(config_file)
+    else:
+        file = load_config_file(config_file) if config_file else {}
+    recipe = dict(defaults or {})
     parsed = [parse_set(s) for s in sets or []]
 
     layers: list[dict[str, dict[str, Any]]] = [
-        {s: dict(file.get(s, {})) for s in ("model", "train", "data", "tokenizer")}]
+        {s: dict(src.get(s, {})) for s in ("model", "train", "data", "tokenizer")}
+        for src in (recipe, file)]
     flag_layer: dict[str, dict[str, Any]] = {"model": {}, "train": {}, "data": {},
                                              "tokenizer": {}}
     for flag, (section, key) in _FLAG_KEYS.items():
@@ -104,7 +115,8 @@ def resolve_run(config_file: str | None = None, sets: list[str] | None = None,
     layers.append(flag_layer)
     set_layer: dict[str, dict[str, Any]] = {"model": {}, "train": {}, "data": {},
                                             "tokenizer": {}}
-    top: dict[str, Any] = {k: file[k] for k in ("objective", "model_preset") if k in file}
+    top: dict[str, Any] = {k: src[k] for src in (recipe, file)
+                           for k in ("objective", "model_preset") if k in src}
     for key in ("objective", "model_preset"):
         if flags.get(key) is not None:
             top[key] = flags[key]

@@ -27,7 +27,8 @@ from attnkit.commands.train_config import (
     required_fields,
 )
 
-__all__ = ["Prepared", "prepare", "load_corpus", "split_corpus", "make_tokenizer"]
+__all__ = ["Prepared", "prepare", "load_corpus", "split_corpus", "make_tokenizer",
+           "model_config"]
 
 # ---- data -----------------------------------------------------------------------------------
 
@@ -144,7 +145,7 @@ class Prepared:
     sample_source: str | None = None  # seq2seq: an input to translate after training
 
 
-def _model_config(run: RunConfig, tok: Any) -> Any:
+def model_config(run: RunConfig, tok: Any) -> Any:
     """The model config: preset + overrides (or the full [model] section), with the
     vocabulary and special ids taken from the tokenizer."""
     cls = model_config_class(run.objective)
@@ -201,9 +202,14 @@ def _resume_checkpoint(tc: Any) -> Path:
              "first, or point --out at the run)")
 
 
-def prepare(res: ResolvedRun, dist: Any) -> Prepared:
+def prepare(res: ResolvedRun, dist: Any, *, data_dir: Path | None = None,
+            tokenizer: Any | None = None) -> Prepared:
     """Corpus, tokenizer, token files, batch sources and the model (rank 0 builds the
-    tokenizer and token files; the other ranks wait and read them)."""
+    tokenizer and token files; the other ranks wait and read them).
+
+    ``data_dir`` (default ``<out>/data``) holds the tokenizer and token files; runs that
+    share one (``attnkit compare``) tokenize the corpus once. ``tokenizer``: use this one
+    instead of training a tokenizer (a resumed run takes its checkpoint's)."""
     from attnkit.data import load_tokenizer
     from attnkit.models.registry import build_model
     from attnkit.train import distributed as D
@@ -211,8 +217,8 @@ def prepare(res: ResolvedRun, dist: Any) -> Prepared:
     from attnkit.train.checkpoint import tokenizer_dir
 
     run, tc = res.run, res.train
-    data_dir = res.out_dir / "data"
-    tok = None
+    data_dir = res.out_dir / "data" if data_dir is None else data_dir
+    tok = tokenizer
     ckpt = None
     if res.resume:
         ckpt = _resume_checkpoint(tc)
@@ -222,7 +228,7 @@ def prepare(res: ResolvedRun, dist: Any) -> Prepared:
         tok = load_tokenizer(tdir)
 
     if run.objective == "seq2seq":
-        return _prepare_seq2seq(res, dist, tok, ckpt)
+        return _prepare_seq2seq(res, dist, tok, ckpt, data_dir)
 
     docs, where = load_corpus(run.data.path, run.data.text_field)
     if run.data.val_path:
@@ -241,7 +247,7 @@ def prepare(res: ResolvedRun, dist: Any) -> Prepared:
         D.barrier(dist)
         if tok is None:
             tok = load_tokenizer(data_dir / "tokenizer")
-    cfg = _model_config(run, tok)
+    cfg = model_config(run, tok)
     arch = ARCHITECTURES[run.objective]
     if ckpt is not None:
         _check_resume(ckpt, cfg, arch)
@@ -300,7 +306,8 @@ def prepare(res: ResolvedRun, dist: Any) -> Prepared:
     return Prepared(tok, model, train_src, val_src, describe, prompt)
 
 
-def _prepare_seq2seq(res: ResolvedRun, dist: Any, tok: Any, ckpt: Path | None) -> Prepared:
+def _prepare_seq2seq(res: ResolvedRun, dist: Any, tok: Any, ckpt: Path | None,
+                     data_dir: Path) -> Prepared:
     from attnkit.data import Document, Seq2SeqBatches, load_tokenizer, read_records
     from attnkit.models.registry import build_model
     from attnkit.train import distributed as D
@@ -334,7 +341,6 @@ def _prepare_seq2seq(res: ResolvedRun, dist: Any, tok: Any, ckpt: Path | None) -
             (idx, [])
         train_pairs = [pairs[int(x.title)] for x in tr]
         val_pairs = [pairs[int(x.title)] for x in va]
-    data_dir = res.out_dir / "data"
     if tok is None:
         if dist.is_main:
             texts = [t for p in train_pairs for t in p]
@@ -344,7 +350,7 @@ def _prepare_seq2seq(res: ResolvedRun, dist: Any, tok: Any, ckpt: Path | None) -
         D.barrier(dist)
         if tok is None:
             tok = load_tokenizer(data_dir / "tokenizer")
-    cfg = _model_config(run, tok)
+    cfg = model_config(run, tok)
     if ckpt is not None:
         _check_resume(ckpt, cfg, "Seq2SeqLM")
     rng.seed_everything(tc.seed)
