@@ -156,12 +156,20 @@ def compare_cmd(
         merged = {**file_settings, **{k: v for k, v in flags.items() if v is not None},
                   **coerce_fields(CompareSettings, compare_sets, "compare")}
         settings = CompareSettings(**merged)
+        if settings.time_budget is not None and steps is not None:
+            fail("--steps and --time-budget are two budgets: give one (a time budget sets "
+                 "each run's step count)")
         variants = parse_variants(variant) if variant else (file_vars or dict(DEFAULT_VARIANTS))
         _check_sweep_sets(settings, run_sets, file_data)
         out_dir = Path(out or f"runs/compare-{settings.task}").expanduser()
         train_flags = {"steps": steps, "seed": seed, "device": device, "data": data}
         if settings.synthetic and data is not None:
             fail(f"--data is for the corpus task; {settings.task} generates its own data")
+        objective = next((v.strip() for sec, _, v in map(parse_set, run_sets)
+                          if sec == "objective"), file_data.get("objective"))
+        if settings.synthetic and objective not in (None, "causal"):
+            fail(f"the {settings.task} task trains causal LMs; objective {objective!r} is for "
+                 "text corpora (--task corpus)")
         ctx = RunContext(settings, file_data, train_flags, _recipe(settings, file_data,
                                                                     run_sets),
                          out_dir / "data", fresh=fresh)

@@ -97,18 +97,17 @@ def decode_speed(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> flo
 def _quiet_stderr() -> Iterator[None]:
     """Silence file descriptor 2 (the profiler's C++ start/stop log lines)."""
     try:
-        fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except OSError:
         yield
         return
-    sys.stderr.flush()
-    saved = os.dup(fd)
     try:
         with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), fd)
+            os.dup2(null.fileno(), 2)
             yield
     finally:
-        os.dup2(saved, fd)
+        os.dup2(saved, 2)
         os.close(saved)
 
 
