@@ -23,6 +23,7 @@ import os
 import shlex
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -170,78 +171,88 @@ def compare_cmd(
         if settings.synthetic and objective not in (None, "causal"):
             fail(f"the {settings.task} task trains causal LMs; objective {objective!r} is for "
                  "text corpora (--task corpus)")
-        ctx = RunContext(settings, file_data, train_flags, _recipe(settings, file_data,
-                                                                    run_sets),
-                         out_dir / "data", fresh=fresh)
-        if fresh and (out_dir / "data").is_dir():
-            shutil.rmtree(out_dir / "data")
+        ctx = RunContext(settings, file_data, train_flags,
+                         _recipe(settings, file_data, run_sets), out_dir / "data", fresh=fresh)
     with cpu_threads(threads, device or "auto") as threads_note:
         _compare(ctx, variants, run_sets, out_dir, command, threads_note)
+
+
+@dataclass
+class _Plan:
+    """Every run of the comparison, resolved, with what is on disk for it."""
+
+    base: Any  # ResolvedRun of the base configuration (no variant, no sweep point)
+    runs: list[PlannedRun]
+    resolved: dict[Path, Any]  # run dir -> ResolvedRun
+    states: dict[Path, Any]  # run dir -> RunState
+    results: dict[Path, dict[str, Any] | None]  # run dir -> result.json (None: to train)
+
+
+def _plan(ctx: Any, variants: dict[str, tuple[str, ...]], run_sets: list[str],
+          out_dir: Path) -> _Plan:
+    """Resolve the base run and every (point, variant) run; check the runs on disk."""
+    from attnkit.commands import compare_run as R
+
+    base = resolve_run(ctx.file_data, run_sets, {**ctx.flags, "out": str(out_dir)},
+                       defaults=ctx.recipe)
+    objective = base.run.objective
+    runs = plan_runs(ctx.settings, variants, run_sets, out_dir, objective)
+    resolved = {r.out_dir: R.resolve_planned(ctx, r) for r in runs}
+    for r in runs:
+        if resolved[r.out_dir].run.objective != objective:
+            fail(f"variant {r.variant.name!r} changes the objective to "
+                 f"{resolved[r.out_dir].run.objective!r} (its model_preset); every variant "
+                 f"must train the {objective} objective")
+    if ctx.fresh and ctx.data_dir.is_dir():
+        shutil.rmtree(ctx.data_dir)
+    states = {r.out_dir: R.run_state(ctx, r) for r in runs}
+    for r in runs:
+        if states[r.out_dir].status != "new":
+            R.check_saved(ctx, r, resolved[r.out_dir])
+    results = {r.out_dir: R.read_result(r) if states[r.out_dir].status == "done" else None
+               for r in runs}
+    return _Plan(base, runs, resolved, states, results)
 
 
 def _compare(ctx: Any, variants: dict[str, tuple[str, ...]], run_sets: list[str],
              out_dir: Path, command: str, threads_note: str | None) -> None:
     import torch
 
-    from attnkit.commands import compare_run as R
-    from attnkit.commands.compare_report import ReportInputs, metric_of, write_report
+    from attnkit.commands.compare_report import ReportInputs, write_report
+    from attnkit.train.distributed import resolve_device
 
     s = ctx.settings
     with cli_errors():
-        base = resolve_run(ctx.file_data, run_sets, {**ctx.flags, "out": str(out_dir)},
-                             defaults=ctx.recipe)
-        objective = base.run.objective
-        runs = plan_runs(s, variants, run_sets, out_dir, objective)
-        resolved = {r.out_dir: R.resolve_planned(ctx, r) for r in runs}
-        for r in runs:
-            if resolved[r.out_dir].run.objective != objective:
-                fail(f"variant {r.variant.name!r} changes the objective to "
-                       f"{resolved[r.out_dir].run.objective!r} (its model_preset); every "
-                       f"variant must train the {objective} objective")
-        states = {r.out_dir: R.run_state(ctx, r) for r in runs}
-        for r in runs:
-            if states[r.out_dir].status != "new":
-                R.check_saved(ctx, r, resolved[r.out_dir])
-    results: dict[Path, dict[str, Any] | None] = {
-        r.out_dir: R.read_result(r) if states[r.out_dir].status == "done" else None
-        for r in runs}
-    from attnkit.train.distributed import resolve_device
-
-    device = resolve_device(base.train.device)
+        plan = _plan(ctx, variants, run_sets, out_dir)
+    base, runs, results = plan.base, plan.runs, plan.results
     inputs = ReportInputs(s, runs, results, command, base.train.seed,
-                          None if s.time_budget else base.train.steps, str(device),
-                          torch.get_num_threads())
+                          None if s.time_budget else base.train.steps,
+                          str(resolve_device(base.train.device)), torch.get_num_threads())
     todo = [r for r in runs if results[r.out_dir] is None]
     budget = (f"{s.time_budget:g} s of training" if s.time_budget
               else f"{base.train.steps} steps")
+    n_points = len(runs) // len(variants)
     echo(f"compare: {s.task}, {len(variants)} variant{'s' * (len(variants) > 1)} x "
-         f"{len(runs) // len(variants)} point{'s' * (len(runs) > len(variants))}, {budget} "
-         f"per run, seed {base.train.seed}; {len(runs) - len(todo)} of {len(runs)} runs done "
-         f"({out_dir})")
+         f"{n_points} point{'s' * (n_points > 1)}, {budget} per run, seed {base.train.seed}; "
+         f"{len(runs) - len(todo)} of {len(runs)} runs done ({out_dir})")
     if threads_note:
         echo(threads_note)
     interrupted = False
     try:
         with cli_errors():
-            preps = _check_parameters(ctx, runs, resolved, states, results)
+            preps = _check_parameters(ctx, plan)
         for i, r in enumerate(todo, 1):
             echo(f"\n[{i}/{len(todo)}] {r.point.describe()} | {r.variant.name}: "
                  f"{r.variant.label()} -> {r.out_dir}")
             with cli_errors():
-                result = _run_one(ctx, r, resolved[r.out_dir], states[r.out_dir],
+                result = _run_one(ctx, r, plan.resolved[r.out_dir], plan.states[r.out_dir],
                                   preps.pop(r.out_dir))
             if result is None:
                 interrupted = True
                 break
             results[r.out_dir] = result
             write_report(inputs, out_dir)  # the report grows run by run
-            name, _ = metric_of(s)
-            q = result["quality"]
-            echo(f"  {name} {q[name]:.4f}" + (f", perplexity {q['val_ppl']:.2f}"
-                                              if not s.synthetic else "")
-                 + f"; {human(result['train_tokens_per_s'] or 0)} train tokens/s"
-                 + (f", {human(result['decode_tokens_per_s'])} decode tokens/s"
-                    if result["decode_tokens_per_s"] else ""))
+            _print_result(s, result)
     except KeyboardInterrupt:
         interrupted = True
     report = write_report(inputs, out_dir)
@@ -253,38 +264,45 @@ def _compare(ctx: Any, variants: dict[str, tuple[str, ...]], run_sets: list[str]
         raise typer.Exit(130)
 
 
-def _check_parameters(ctx: Any, runs: list[PlannedRun], resolved: dict, states: dict,
-                      results: dict) -> dict[Path, Any]:
+def _print_result(s: CompareSettings, result: dict[str, Any]) -> None:
+    from attnkit.commands.compare_report import metric_of
+
+    name, _ = metric_of(s)
+    q = result["quality"]
+    echo(f"  {name} {q[name]:.4f}" + ("" if s.synthetic else f", perplexity {q['val_ppl']:.2f}")
+         + f"; {human(result['train_tokens_per_s'] or 0)} train tokens/s"
+         + (f", {human(result['decode_tokens_per_s'])} decode tokens/s"
+            if result["decode_tokens_per_s"] else ""))
+
+
+def _check_parameters(ctx: Any, plan: _Plan) -> dict[Path, Any]:
     """Prepare every run still to train (data, model) and check that the parameter counts
     of each sweep point agree within the tolerance, before anything trains."""
     from attnkit.commands import compare_run as R
 
     preps = {}
     counts: dict[Path, int] = {}
-    for r in runs:
-        if results[r.out_dir] is not None:
-            counts[r.out_dir] = results[r.out_dir]["parameters"]
+    for r in plan.runs:
+        done = plan.results[r.out_dir]
+        if done is not None:
+            counts[r.out_dir] = done["parameters"]
             continue
-        res = resolved[r.out_dir]
-        if states[r.out_dir].status == "interrupted":
-            res = _resumed(ctx, r, states[r.out_dir])
-            resolved[r.out_dir] = res
-        preps[r.out_dir] = R.prepare_planned(ctx, r, res)
+        if plan.states[r.out_dir].status == "interrupted":
+            plan.resolved[r.out_dir] = _resumed(ctx, r, plan.states[r.out_dir])
+        preps[r.out_dir] = R.prepare_planned(ctx, r, plan.resolved[r.out_dir])
         counts[r.out_dir] = R.parameter_count(preps[r.out_dir].model)
     tol = ctx.settings.param_tolerance
-    for point in dict.fromkeys(r.point for r in runs):
-        group = [r for r in runs if r.point == point]
+    for point in dict.fromkeys(r.point for r in plan.runs):
+        group = [r for r in plan.runs if r.point == point]
         ref = counts[group[0].out_dir]
-        off = [(r, counts[r.out_dir]) for r in group
-               if abs(counts[r.out_dir] - ref) > tol * ref]
-        if off:
-            listing = ", ".join(f"{r.variant.name} {human(counts[r.out_dir])} "
-                                f"({100 * (counts[r.out_dir] - ref) / ref:+.1f}%)"
+        if any(abs(counts[r.out_dir] - ref) > tol * ref for r in group):
+            listing = ", ".join(f"{r.variant.name} {counts[r.out_dir]:,} "
+                                f"({100 * (counts[r.out_dir] - ref) / ref:+.2f}%)"
                                 for r in group)
             fail(f"parameter counts differ by more than {100 * tol:g}% at "
-                   f"{point.describe()}: {listing}; a comparison at equal size needs variants "
-                   f"of equal size (adjust their model.* settings) or a larger "
-                   f"--param-tolerance")
+                 f"{point.describe()}: {listing}; a comparison at equal size needs variants "
+                 "of equal size (adjust their model.* settings) or a larger "
+                 "--param-tolerance")
     return preps
 
 
