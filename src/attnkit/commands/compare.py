@@ -2,7 +2,7 @@
 parameter count and budget, one after another, and write a report directory.
 
     attnkit compare                                   # built-in corpus: dense vs the others
-    attnkit compare --task mqar --kv-pairs 4,8,16     # multi-query associative recall sweep
+    attnkit compare --task mqar --kv-pairs 2,4,8      # multi-query associative recall sweep
     attnkit compare --variant dense --variant w8=model.sliding_window=8 --steps 300
 
 Layout of ``--out`` (default ``runs/compare-<task>``)::
@@ -119,7 +119,8 @@ def compare_cmd(
     time_budget: float = typer.Option(None, "--time-budget", help="Seconds of training per "
                                       "run instead of a step count."),
     config: str = typer.Option(None, "--config", "-c", help="TOML/YAML/JSON file: attnkit "
-                               "train's sections (the base run), [compare], [variants.NAME]."),
+                               "train's sections (the base run), a 'compare' table and "
+                               "'variants.NAME' tables."),
     set_: list[str] = typer.Option(  # noqa: B008
         None, "--set", help="Override a setting of every run: SECTION.KEY=VALUE (as attnkit "
         "train), or compare.KEY=VALUE for the comparison's own settings."),
@@ -139,7 +140,7 @@ def compare_cmd(
 ) -> None:
     """Which attention? Train variants on the same data and budget; write a report.
 
-    Example: attnkit compare --task mqar --kv-pairs 4,8,16
+    Example: attnkit compare --task mqar --kv-pairs 2,4,8
     """
     from attnkit.commands.compare_run import RunContext
 
@@ -251,7 +252,7 @@ def _compare(ctx: Any, variants: dict[str, tuple[str, ...]], run_sets: list[str]
                 interrupted = True
                 break
             results[r.out_dir] = result
-            write_report(inputs, out_dir)  # the report grows run by run
+            write_report(inputs, out_dir, plots=False)  # the table grows run by run
             _print_result(s, result)
     except KeyboardInterrupt:
         interrupted = True
@@ -327,7 +328,7 @@ def _run_one(ctx: Any, r: PlannedRun, res: Any, state: Any, prep: Any) -> dict |
     if state.status == "new" and s.time_budget:
         per_step = R.calibrate_step_time(prep, res, s.calibration_steps)
         steps = max(1, int(s.time_budget / per_step))
-        echo(f"  time budget {s.time_budget:g} s at {1000 * per_step:.0f} ms/step "
+        echo(f"  time budget {s.time_budget:g} s at {1000 * per_step:.3g} ms/step "
              f"(median of {s.calibration_steps}): {steps} steps")
         res = R.resolve_planned(ctx, r, steps)
     info = R.run_info(ctx, r, res, prep)

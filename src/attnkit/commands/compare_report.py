@@ -28,6 +28,7 @@ per sweep point; training seconds exclude evaluation); with several sweep points
 
 from __future__ import annotations
 
+import json
 import math
 import platform
 from collections.abc import Sequence
@@ -341,15 +342,22 @@ def _sweep_plots(report: dict[str, Any], out_dir: Path) -> list[str]:
     return written
 
 
-def write_report(inp: ReportInputs, out_dir: Path) -> dict[str, Any]:
-    """Write ``report.json``, ``report.md`` and the plots; return the report."""
+def write_report(inp: ReportInputs, out_dir: Path, *, plots: bool = True) -> dict[str, Any]:
+    """Write ``report.json``, ``report.md`` and (``plots``) the plots; return the report.
+    Without ``plots`` the report lists the plots already there."""
     out_dir.mkdir(parents=True, exist_ok=True)
     report = build_report(inp, out_dir)
-    try:
-        plots = _loss_plots(report, out_dir) + _sweep_plots(report, out_dir)
-    except ImportError:  # matplotlib is a dependency; a broken install only loses the plots
-        plots = []
-    report["files"]["plots"] = plots
+    if plots:
+        try:
+            drawn = _loss_plots(report, out_dir) + _sweep_plots(report, out_dir)
+        except ImportError:  # matplotlib is a dependency; a broken install loses the plots
+            drawn = []
+    else:
+        old = out_dir / "report.json"
+        drawn = (json.loads(old.read_text()).get("files", {}).get("plots", [])
+                 if old.is_file() else [])
+        drawn = [p for p in drawn if (out_dir / p).is_file()]
+    report["files"]["plots"] = drawn
     write_json(out_dir / "report.json", report)
     tmp = out_dir / ".report.md.tmp"
     tmp.write_text(_markdown(report), encoding="utf-8")

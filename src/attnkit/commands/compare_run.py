@@ -168,8 +168,17 @@ def prepare_planned(ctx: RunContext, run: PlannedRun, res: ResolvedRun) -> Prepa
 
     s = ctx.settings
     if not s.synthetic:
+        key = {"data": dataclasses.asdict(res.run.data),
+               "tokenizer": dataclasses.asdict(res.run.tokenizer),
+               "objective": res.run.objective, "model_preset": res.run.model_preset}
+        built = False
+        if ctx.tokenizer is None and not res.resume:  # a resumed run has its checkpoint's
+            ctx.tokenizer = _saved_tokenizer(ctx.data_dir, key)
+            built = ctx.tokenizer is None
         prep = prepare(res, D.init_distributed("none", res.train.device),
                        data_dir=ctx.data_dir, tokenizer=ctx.tokenizer)
+        if built:  # prepare trained it into data_dir/tokenizer
+            write_json(ctx.data_dir / _TOKENIZER_KEY, key)
         ctx.tokenizer = prep.tokenizer
         if prep.val_source is None:
             fail("attnkit compare needs validation data: set data.val_fraction > 0 or pass "
@@ -193,6 +202,23 @@ def prepare_planned(ctx: RunContext, run: PlannedRun, res: ResolvedRun) -> Prepa
                 f"model: {res.run.model_preset or 'custom'} (CausalLM, "
                 f"{human(parameter_count(model))} parameters)"]
     return Prepared(None, model, train, val, describe)
+
+
+_TOKENIZER_KEY = "tokenizer_settings.json"
+
+
+def _saved_tokenizer(data_dir: Path, key: dict[str, Any]) -> Any | None:
+    """The comparison's tokenizer from an earlier invocation, if it was built from the same
+    data and settings (every run of a comparison uses one tokenizer)."""
+    from attnkit.data import load_tokenizer
+
+    try:
+        saved = json.loads((data_dir / _TOKENIZER_KEY).read_text())
+    except (OSError, ValueError):
+        return None
+    if saved != json.loads(json.dumps(key)) or not (data_dir / "tokenizer").is_dir():
+        return None
+    return load_tokenizer(data_dir / "tokenizer")
 
 
 def parameter_count(model: Any) -> int:
