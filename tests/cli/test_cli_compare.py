@@ -238,7 +238,7 @@ def test_corpus_task(tmp_path, corpus_file):
     assert json.loads(r.stdout)["loss"] == pytest.approx(runs["w8"]["quality"]["val_loss"],
                                                          abs=6e-5)
     md = (out / "report.md").read_text()
-    assert "| val loss | perplexity |" in md and "| default length | w8 |" in md
+    assert "| val loss | perplexity |" in md and "| seq_len 64 | w8 |" in md
     # a variant added later trains with the same tokenizer (not a retrained one)
     shared = out / "data" / "tokenizer" / "tokenizer.json"
     stamp = shared.stat().st_mtime_ns

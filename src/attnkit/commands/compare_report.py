@@ -125,6 +125,16 @@ def _mib(x: Any) -> str:
     return "-" if x is None else f"{x / 2**20:.1f} MiB"
 
 
+def _point_label(point: dict[str, Any], runs: list[dict[str, Any]]) -> str:
+    """``seq_len 64, kv_pairs 8``; a corpus run at its own length shows that length."""
+    if point["seq_len"] is None:
+        done = next((r for r in runs if r["point"] == point and r["status"] == "done"), None)
+        if done is not None:
+            return Point(done["tokens_per_step"] // done["batch_size"],
+                         point["kv_pairs"]).describe()
+    return Point(**point).describe()
+
+
 def format_table(report: dict[str, Any]) -> list[str]:
     """The Markdown table of every run (pending ones marked)."""
     synthetic = report["task"]["task"] != "corpus"
@@ -134,7 +144,7 @@ def format_table(report: dict[str, Any]) -> list[str]:
             "decode tokens/s", "train peak", "decode peak", "steps", "train time"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in report["runs"]:
-        point = Point(**r["point"]).describe()
+        point = _point_label(r["point"], report["runs"])
         sets = next(v["set"] for v in report["variants"] if v["name"] == r["variant"])
         settings = "<br>".join(f"`{x}`" for x in sets) or "(base run)"
         if r["status"] != "done":
@@ -193,7 +203,8 @@ def _markdown(report: dict[str, Any]) -> str:
              "data and tokenizer",
              f"- parameter counts agree within {100 * report['param_tolerance']:g}% of the "
              "first variant's",
-             f"- machine: {m['device']}, {m['threads']} threads, torch {m['torch']}; "
+             f"- machine: {m['device']}, {m['threads']} thread{'s' * (m['threads'] != 1)}, "
+             f"torch {m['torch']}; "
              f"written {report['created']}",
              "- quality on the whole validation set; tokens/s over the training steps "
              "(evaluation excluded) and over the incremental decoding steps (greedy, "
@@ -254,7 +265,7 @@ def _loss_plots(report: dict[str, Any], out_dir: Path) -> list[str]:
                     ax.plot(*zip(*val, strict=True), "o-", color=color, ms=3, lw=1.5,
                             label=r["variant"])
                     drawn = True
-            ax.set_title(Point(**point).describe(), fontsize=10)
+            ax.set_title(_point_label(point, report["runs"]), fontsize=10)
             ax.set_xlabel("step" if xname == "step" else "training time (s)")
             ax.set_ylabel("validation loss (faint: train)")
             ax.grid(alpha=0.3)
