@@ -39,6 +39,7 @@ from typing import Any
 
 from attnkit.commands.common import human, write_json
 from attnkit.commands.compare_config import CompareSettings, PlannedRun, Point
+from attnkit.fileio import atomic_file, atomic_write_text
 
 __all__ = ["FORMAT", "VERSION", "ReportInputs", "build_report", "write_report", "metric_of",
            "format_table"]
@@ -226,6 +227,11 @@ def _axes(report: dict[str, Any]) -> list[str]:
             if len({p[a] for p in report["points"] if p[a] is not None}) > 1]
 
 
+def _save(fig: Any, path: Path) -> None:
+    with atomic_file(path) as f:  # a killed run leaves no truncated image
+        fig.savefig(f, format="png")
+
+
 def _figure(n_panels: int, width: float = 4.2, height: float = 3.4) -> tuple[Any, list[Any]]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -273,7 +279,7 @@ def _loss_plots(report: dict[str, Any], out_dir: Path) -> list[str]:
                 ax.legend(fontsize=8)
         if drawn:
             fig.tight_layout()
-            fig.savefig(str(out_dir / fname))
+            _save(fig, out_dir / fname)
             written.append(fname)
     return written
 
@@ -331,7 +337,7 @@ def _sweep_plots(report: dict[str, Any], out_dir: Path) -> list[str]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(str(out_dir / f"quality_vs_{axis}.png"))
+        _save(fig, out_dir / f"quality_vs_{axis}.png")
         written.append(f"quality_vs_{axis}.png")
         if axis != "seq_len":  # throughput depends on the length, not on the task's content
             continue
@@ -348,7 +354,7 @@ def _sweep_plots(report: dict[str, Any], out_dir: Path) -> list[str]:
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(str(out_dir / f"speed_vs_{axis}.png"))
+        _save(fig, out_dir / f"speed_vs_{axis}.png")
         written.append(f"speed_vs_{axis}.png")
     return written
 
@@ -370,7 +376,5 @@ def write_report(inp: ReportInputs, out_dir: Path, *, plots: bool = True) -> dic
         drawn = [p for p in drawn if (out_dir / p).is_file()]
     report["files"]["plots"] = drawn
     write_json(out_dir / "report.json", report)
-    tmp = out_dir / ".report.md.tmp"
-    tmp.write_text(_markdown(report), encoding="utf-8")
-    tmp.replace(out_dir / "report.md")
+    atomic_write_text(out_dir / "report.md", _markdown(report))
     return report
