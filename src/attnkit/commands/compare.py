@@ -2,7 +2,7 @@
 parameter count and budget, one after another, and write a report directory.
 
     attnkit compare                                   # built-in corpus: dense vs the others
-    attnkit compare --task mqar --kv-pairs 2,4,8      # multi-query associative recall sweep
+    attnkit compare --task mqar --kv-pairs 1,2,4      # multi-query associative recall sweep
     attnkit compare --variant dense --variant w8=model.sliding_window=8 --steps 300
 
 Layout of ``--out`` (default ``runs/compare-<task>``)::
@@ -140,7 +140,7 @@ def compare_cmd(
 ) -> None:
     """Which attention? Train variants on the same data and budget; write a report.
 
-    Example: attnkit compare --task mqar --kv-pairs 2,4,8
+    Example: attnkit compare --task mqar --kv-pairs 1,2,4
     """
     from attnkit.commands.compare_run import RunContext
 
