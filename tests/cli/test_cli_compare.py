@@ -208,7 +208,7 @@ sliding_window = 4
                                {"name": "w4", "set": ["model.sliding_window=4"]}]
     assert rep["budget"]["steps"] == 2 and rep["task"]["task"] == "mqar"
     run = json.loads((out / "runs" / "L16-kv2" / "w4" / "run.json").read_text())
-    assert run["model_config"]["sliding_window"] == 4 and run["model_config"]["d_model"] == 32
+    assert run["model"]["sliding_window"] == 4 and run["model_config"]["d_model"] == 32
     assert run["variant"] == {"name": "w4", "set": ["model.sliding_window=4"]}
     # flags override the file's [compare] table
     r = compare("-c", cfg, "--out", tmp_path / "cmp2", "--kv-pairs", "3", "--variant", "dense")
