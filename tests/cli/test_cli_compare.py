@@ -43,6 +43,10 @@ def test_report_files_schema_and_budget(tmp_path):
         assert (out / name).is_file(), name
     rep = report_of(out)
     assert (rep["format"], rep["version"]) == ("attnkit-compare", 1)
+    assert set(rep) == {"format", "version", "command", "created", "settings", "metric",
+                        "budget", "seed", "param_tolerance", "variants", "points", "runs",
+                        "machine", "files"}
+    assert rep["settings"]["task"] == "mqar" and rep["settings"]["seq_lens"] == [16, 24]
     assert rep["metric"] == {"name": "accuracy", "higher_is_better": True}
     assert rep["budget"] == {"kind": "steps", "steps": 4, "seconds": None}
     assert rep["variants"] == [*({"name": k, "set": list(v)} for k, v in DEFAULT_VARIANTS.items()),
@@ -206,7 +210,7 @@ sliding_window = 4
     rep = report_of(out)
     assert rep["variants"] == [{"name": "dense", "set": []},
                                {"name": "w4", "set": ["model.sliding_window=4"]}]
-    assert rep["budget"]["steps"] == 2 and rep["task"]["task"] == "mqar"
+    assert rep["budget"]["steps"] == 2 and rep["settings"]["task"] == "mqar"
     run = json.loads((out / "runs" / "L16-kv2" / "w4" / "run.json").read_text())
     assert run["model"]["sliding_window"] == 4 and run["model_config"]["d_model"] == 32
     assert run["variant"] == {"name": "w4", "set": ["model.sliding_window=4"]}

@@ -4,7 +4,7 @@
 ``report.json`` (``"format": "attnkit-compare"``, ``"version": 1``)::
 
     command, created          the command line and the time the report was written
-    task                      the CompareSettings (task, sweep, budget, tolerances, ...)
+    settings                  the CompareSettings (task, sweep, budget, tolerances, ...)
     metric                    {"name": "accuracy" | "val_loss", "higher_is_better": bool}
     budget                    {"kind": "steps" | "time", "steps": int | null,
                                "seconds": float | null}
@@ -88,7 +88,7 @@ def build_report(inp: ReportInputs, out_dir: Path, plots: Sequence[str] = ()) ->
     return {
         "format": FORMAT, "version": VERSION, "command": inp.command,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "task": s.to_dict(), "metric": {"name": name, "higher_is_better": higher},
+        "settings": s.to_dict(), "metric": {"name": name, "higher_is_better": higher},
         "budget": {"kind": "time" if s.time_budget else "steps",
                    "steps": None if s.time_budget else inp.steps, "seconds": s.time_budget},
         "seed": inp.seed, "param_tolerance": s.param_tolerance,
@@ -138,7 +138,7 @@ def _point_label(point: dict[str, Any], runs: list[dict[str, Any]]) -> str:
 
 def format_table(report: dict[str, Any]) -> list[str]:
     """The Markdown table of every run (pending ones marked)."""
-    synthetic = report["task"]["task"] != "corpus"
+    synthetic = report["settings"]["task"] != "corpus"
     quality = (["accuracy", "exact match", "answer loss"] if synthetic
                else ["val loss", "perplexity"])
     head = ["point", "variant", "settings", "parameters", *quality, "train tokens/s",
@@ -193,7 +193,7 @@ def _sweep_tables(report: dict[str, Any]) -> list[str]:
 
 
 def _markdown(report: dict[str, Any]) -> str:
-    t = report["task"]
+    t = report["settings"]
     b = report["budget"]
     budget = (f"{b['seconds']:g} s of training per run (step counts measured per variant)"
               if b["kind"] == "time" else f"{b['steps']} steps per run")
