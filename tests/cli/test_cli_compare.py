@@ -162,11 +162,12 @@ def test_time_budget_sets_the_step_count(tmp_path, monkeypatch):
     assert read_trainer_state(run / "last")["step"] == 10
     saved = json.loads((run / "run.json").read_text())["train"]
     assert (saved["steps"], saved["warmup_steps"]) == (10, 1)  # derived from the 10 steps
-    # a rerun does not time the finished run again
+    # a rerun does not time the finished run again; another budget is other settings
     monkeypatch.setattr(compare_run, "calibrate_step_time", lambda *a: pytest.fail("timed"))
-    assert "1 of 1 runs done" in compare(*TINY_TASK, "--seq-lens", "16", "--kv-pairs", "2",
-                                         "--time-budget", 0.5, "--variant", "dense",
-                                         "--out", out).stdout
+    args = [*TINY_TASK, "--seq-lens", "16", "--kv-pairs", "2", "--variant", "dense",
+            "--out", out]
+    assert "1 of 1 runs done" in compare(*args, "--time-budget", 0.5).stdout
+    assert "time_budget (0.5 -> 1.0)" in error_line(cli("compare", *args, "--time-budget", 1))
 
 
 def test_time_budget_measures_the_step_time(tmp_path):

@@ -31,6 +31,7 @@ __all__ = ["RESULT_FILE", "RunContext", "RunState", "resolve_planned", "run_stat
            "train_and_measure", "measure", "read_result", "parameter_count", "decode_plan"]
 
 RESULT_FILE = "result.json"
+_TOKENIZER_KEY = "tokenizer_settings.json"  # beside data/tokenizer: what it was built from
 # settings that describe an invocation, not the run (ignored when checking a saved run)
 _RUNTIME = ("resume", "out_dir", "progress", "device", "distributed", "tensorboard")
 # step-derived settings: a time budget fixes the step count only once it has been measured
@@ -204,9 +205,6 @@ def prepare_planned(ctx: RunContext, run: PlannedRun, res: ResolvedRun) -> Prepa
     return Prepared(None, model, train, val, describe)
 
 
-_TOKENIZER_KEY = "tokenizer_settings.json"
-
-
 def _saved_tokenizer(data_dir: Path, key: dict[str, Any]) -> Any | None:
     """The comparison's tokenizer from an earlier invocation, if it was built from the same
     data and settings (every run of a comparison uses one tokenizer)."""
@@ -278,7 +276,8 @@ def run_info(ctx: RunContext, run: PlannedRun, res: ResolvedRun,
     ``prep`` the model built from them) plus the task, the sweep point and the variant."""
     info: dict[str, Any] = {**res.run.to_dict(),
                             "variant": {"name": run.variant.name, "set": list(run.variant.sets)},
-                            "point": run.point.to_dict()}
+                            "point": run.point.to_dict(),
+                            "time_budget": ctx.settings.time_budget}
     if prep is not None:
         info.update({"model_config": prep.model.config.to_dict(),
                      "architecture": type(prep.model).__name__,
