@@ -49,8 +49,10 @@ def test_report_files_schema_and_budget(tmp_path):
     assert rep["settings"]["task"] == "mqar" and rep["settings"]["seq_lens"] == [16, 24]
     assert rep["metric"] == {"name": "accuracy", "higher_is_better": True}
     assert rep["budget"] == {"kind": "steps", "steps": 4, "seconds": None}
-    assert rep["variants"] == [*({"name": k, "set": list(v)} for k, v in DEFAULT_VARIANTS.items()),
-                               {"name": "w24", "set": ["model.sliding_window=24"]}]
+    assert rep["variants"] == [
+        {"name": "dense", "set": list(DEFAULT_VARIANTS["dense"])},  # built-in names
+        {"name": "sliding_window", "set": list(DEFAULT_VARIANTS["sliding_window"])},
+        {"name": "w24", "set": ["model.sliding_window=24"]}]
     assert rep["points"] == [{"seq_len": 16, "kv_pairs": 2}, {"seq_len": 24, "kv_pairs": 2}]
     assert rep["files"]["plots"] == ["loss_vs_step.png", "loss_vs_time.png",
                                      "quality_vs_seq_len.png", "speed_vs_seq_len.png"]
