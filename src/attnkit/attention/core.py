@@ -9,6 +9,19 @@ coordinates, so causal is bottom-right aligned (see :mod:`attnkit.attention.mask
 
 ``backend="auto"`` picks the fastest *exact* backend that supports the request; ``explain``
 says which one and why each other was passed over.
+
+Degenerate and bad inputs (the same in every backend):
+
+* NaN / ±inf in q, k or v propagate as in PyTorch's reference SDPA (``SDPBackend.MATH``):
+  an output row that reads one (its own query row, or a key / value it may attend to) is
+  non-finite, never a plausible-looking zero. Values at positions a row may *not* attend to
+  may or may not reach it (kernels that compute masked tiles read them; tiled ones skip
+  them). ``check_finite=True`` raises instead, naming the tensor and its first bad index.
+* A row whose every key is masked yields zeros, whatever q, k and v hold.
+* ``Lq = 0`` gives an empty ``(B, Hq, 0, Dv)`` output; ``Lk = 0`` gives zeros (every row is
+  fully masked); ``B = 0`` an empty batch.
+* A sliding window that covers the whole sequence is dense: it runs as ``causal`` (or as no
+  mask) and costs what that costs.
 """
 
 from __future__ import annotations
@@ -22,6 +35,7 @@ from torch import Tensor
 from attnkit.attention import backends
 from attnkit.attention.masks import Mask
 from attnkit.attention.score_mods import ScoreMod
+from attnkit.validate import finite, flag
 
 __all__ = ["attend", "explain", "Request", "Decision", "MaskArg"]
 
@@ -207,7 +221,20 @@ def explain(
 ) -> Decision:
     """Which backend ``attend(..., backend="auto")`` would use for these inputs, and why."""
     _validate(q, k, v, mask, score_mod, None, dropout_p)
+    mask = _for_shape(mask, q, k)
+    if _is_empty(q, k):
+        return Decision("math", {}, "empty input: the result is defined without a kernel")
     return _choose(_request(q, k, v, mask, score_mod, dropout_p, return_weights))
+
+
+def _for_shape(mask: MaskArg, q: Tensor, k: Tensor) -> MaskArg:
+    """A pattern that is dense at this shape (a window wider than the sequence) as that dense
+    kind (``causal`` / ``full``), so dispatch and kernels treat it as such."""
+    return mask.for_shape(q.shape[2], k.shape[2]) if isinstance(mask, Mask) else mask
+
+
+def _is_empty(q: Tensor, k: Tensor) -> bool:
+    return q.shape[0] == 0 or q.shape[2] == 0 or k.shape[2] == 0
 
 
 def attend(
@@ -221,6 +248,7 @@ def attend(
     dropout_p: float = 0.0,
     backend: str = "auto",
     return_weights: bool = False,
+    check_finite: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Scaled dot-product attention ``softmax(score_mod(q kᵀ·scale) + mask) v``.
 
@@ -233,11 +261,18 @@ def attend(
         dropout_p: dropout on the attention probabilities (apply only in training).
         backend: "auto", "math", "sdpa", "flex", "blocked" or "linear" (approximate).
         return_weights: also return the probabilities ``(B, Hq, Lq, Lk)`` (math backend).
+        check_finite: raise ``ValueError`` if q, k or v holds NaN or ±inf, naming the tensor
+            and its first bad index (one host sync); by default non-finite values propagate
+            (see the module docstring).
 
     Returns:
         ``out (B, Hq, Lq, Dv)``, or ``(out, weights)`` when ``return_weights``.
     """
     _validate(q, k, v, mask, score_mod, scale, dropout_p)
+    if flag("check_finite", check_finite):
+        for name, t in (("q", q), ("k", k), ("v", v)):
+            finite(name, t, where="attend(check_finite=True)")
+    mask = _for_shape(mask, q, k)
     if backend == "auto":
         # Fast path: the overwhelmingly common dense/causal call skips the capability table.
         if (score_mod is None and not return_weights and (mask is None or (
@@ -254,6 +289,8 @@ def attend(
         why_not = backends.get(name).supports(req)
         if why_not:
             raise ValueError(f"backend {name!r} cannot serve this call: {why_not}")
+    if _is_empty(q, k):
+        name = "math"  # no kernel needed: empty, or zeros (every row fully masked)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     out, weights = backends.get(name).forward(
         q, k, v, mask=mask, score_mod=score_mod, scale=scale, dropout_p=dropout_p,

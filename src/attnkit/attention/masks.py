@@ -104,6 +104,8 @@ class Mask:
     ``kind`` lets backends recognise patterns they implement natively ("full", "causal");
     everything else is "custom". ``batch_dependent``/``head_dependent`` say whether the
     predicate reads ``b``/``h`` (so materialised forms keep those dims, else size 1).
+    ``window``: ``(left, right)`` of a :func:`sliding_window`, so :meth:`for_shape` can tell
+    when it covers the whole sequence.
     """
 
     fn: MaskFn
@@ -112,6 +114,7 @@ class Mask:
     batch_dependent: bool = False
     head_dependent: bool = False
     batch_size: int | None = None  # set when the pattern indexes a per-batch tensor
+    window: tuple[int, int] | None = None
     _cache: dict = field(default_factory=lambda: ShapeCache(), repr=False, compare=False)
 
     def __call__(self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
@@ -119,6 +122,20 @@ class Mask:
 
     def __repr__(self) -> str:
         return f"Mask({self.name})"
+
+    def for_shape(self, q_len: int, kv_len: int) -> Mask:
+        """This pattern, or the dense kind it equals at ``(q_len, kv_len)``: a window that
+        reaches every earlier key (``left >= kv_len - 1``) is ``causal`` with ``right = 0``
+        and ``full`` with ``right >= q_len - 1`` — so it costs what those cost."""
+        if self.window is None:
+            return self
+        left, right = self.window
+        if left >= kv_len - 1:  # the largest q_idx - kv_idx is kv_len - 1
+            if right >= q_len - 1:  # the largest kv_idx - q_idx is q_len - 1
+                return _FULL
+            if right == 0:
+                return _CAUSAL
+        return self
 
     # ---- combinators -------------------------------------------------------------------
     def _combine(self, other: Mask, op: str) -> Mask:
@@ -323,12 +340,18 @@ def sliding_window(left: int, right: int = 0) -> Mask:
     """Local attention: ``q_idx - left <= kv_idx <= q_idx + right``.
 
     ``left`` keys before and ``right`` keys after the query (the query itself always included);
-    ``sliding_window(w, 0)`` is causal with a window of ``w + 1`` keys (Mistral-style).
+    ``sliding_window(w, 0)`` is causal with a window of ``w + 1`` keys (Mistral-style). A
+    window at least as wide as the sequence is dense (see :meth:`Mask.for_shape`): ``attend``
+    runs it as ``causal`` (``right = 0``) or with no mask, at their cost.
     """
     _check_nonneg("left", left)
     _check_nonneg("right", right)
-    return Mask(lambda b, h, q, kv: (q - kv <= left) & (kv - q <= right),
-                f"sliding_window({left},{right})")
+    lo, hi = min(left, _REACH_MAX), min(right, _REACH_MAX)  # beyond int64: no limit anyway
+    return Mask(lambda b, h, q, kv: (q - kv <= lo) & (kv - q <= hi),
+                f"sliding_window({left},{right})", window=(left, right))
+
+
+_REACH_MAX = 1 << 62  # farther than any index difference
 
 
 def dilated_window(left: int, right: int = 0, dilation: int = 2) -> Mask:
@@ -472,3 +495,9 @@ def from_dense(mask: Tensor) -> Mask:
 
     return Mask(fn, f"dense{tuple(mask.shape)}", batch_dependent=M.shape[0] > 1,
                 head_dependent=M.shape[1] > 1, batch_size=M.shape[0] if M.shape[0] > 1 else None)
+
+
+# the dense kinds a wide window reduces to (Mask.for_shape): one instance each, so their
+# materialised forms are cached once
+_FULL = full()
+_CAUSAL = causal()

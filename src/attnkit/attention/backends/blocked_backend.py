@@ -24,7 +24,8 @@ underflowing inputs, where exp falls off its vector path)
     m = max_j s_j,   l = Σ_j 2^{s_j − m},   o = Σ_j 2^{s_j − m} v_j / l,   lse = m + log2 l
     A row split over several chunks (more tiles than the chunk budget) is merged like an
     online softmax: ``lse = log2 Σ_p 2^{lse_p}``, ``o = Σ_p 2^{lse_p − lse} o_p``.
-    A row with no allowed key gets o = 0 and lse = +∞.
+    A row with no allowed key gets o = 0 (set, not computed: 0 · NaN would be NaN) and
+    lse = +∞. NaN/inf in q, k, v otherwise propagate through these formulas.
 
 Backward, per chunk (recomputes P from lse: extra memory O(N), never O(N²))
     P  = 2^{S − lse}            (0 on masked entries and on rows with lse = +∞)
@@ -142,7 +143,8 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, plan: TilePlan, score_mod: ScoreMod
         m = m.masked_fill_(m == -_INF, 0.0)  # a row with nothing allowed: any finite shift
         P = S.sub_(m).exp2_()
         l = P.sum(dim=-1, keepdim=True)  # (B, Hkv, R, rq, 1)
-        o = _bmm(P, Vc, c).div_(l.masked_fill(l == 0, 1.0))
+        empty = l == 0  # nothing allowed: o = 0 exactly, even if a value it skips is NaN
+        o = _bmm(P, Vc, c).div_(l.masked_fill(empty, 1.0)).masked_fill_(empty, 0.0)
         rows = slice(c.v_start, c.v_start + c.n_rows)
         out_v[:, :, rows] = o
         lse_v[:, :, rows] = (m + l.log2()).squeeze(-1)  # -inf where nothing is allowed

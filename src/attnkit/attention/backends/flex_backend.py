@@ -2,6 +2,7 @@
 
 Runs compiled kernels on GPU (training and inference). On CPU, PyTorch provides no
 FlexAttention backward, so this backend serves CPU calls only when no gradient is needed.
+Rows whose log-sum-exp is ``-inf`` (nothing allowed) are set to zeros after the kernel.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import warnings
 
 import torch
 from torch import Tensor
+
+from torch.nn.attention.flex_attention import AuxRequest
 
 from attnkit.attention.masks import Mask, from_dense
 
@@ -67,8 +70,11 @@ def forward(q: Tensor, k: Tensor, v: Tensor, *, mask, score_mod, scale: float, d
         mod = f if offset == 0 else (lambda s, b, h, qi, kv: f(s, b, h, qi + offset, kv))
     with warnings.catch_warnings():  # CPU runs eager on purpose (see _kernel); don't nag
         warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
-        out = _kernel(q.device.type)(
+        out, aux = _kernel(q.device.type)(
             q, k, v, score_mod=mod, block_mask=block_mask, scale=scale,
-            enable_gqa=k.shape[1] != Hq,
+            enable_gqa=k.shape[1] != Hq, return_aux=AuxRequest(lse=True),
         )
-    return out, None
+    lse = aux.lse  # (B, Hq, Lq)
+    # a row whose every score is -inf (fully masked) is zeros, even when a NaN value it never
+    # reads sits in one of its computed tiles (0 · NaN)
+    return out.masked_fill(torch.isneginf(lse).unsqueeze(-1), 0.0), None

@@ -1,7 +1,9 @@
 """``math``: the executable specification. Scores → score_mod → mask → softmax → V.
 
 Softmax runs in fp32 for half-precision inputs; masked scores are ``-inf``, and a row whose
-every key is masked yields zero probabilities (hence zero output) instead of NaN.
+every key is masked (or with no keys at all, ``Lk = 0``) yields zero probabilities and a zero
+output instead of NaN — set explicitly, so a NaN in a value it never reads cannot reach it
+through ``0 · NaN``. Non-finite inputs otherwise propagate as IEEE arithmetic says.
 """
 
 from __future__ import annotations
@@ -33,8 +35,12 @@ def forward(q: Tensor, k: Tensor, v: Tensor, *, mask, score_mod, scale: float, d
     allowed = dense_mask(mask, B, Hq, Lq, Lk, q.device)
     if allowed is not None:
         scores = scores.masked_fill(~allowed, float("-inf"))
+    if Lk == 0:  # no keys: every row is fully masked
+        out = torch.matmul(scores, v.to(cdt))  # an empty sum: zeros (B, H, Lq, Dv), in the graph
+        return out.to(q.dtype), (scores.to(q.dtype) if return_weights else None)
     # Fully masked rows: max is -inf; subtracting it would give NaN. Use 0 there instead.
-    row_max = scores.amax(dim=-1, keepdim=True)
+    row_max = scores.amax(dim=-1, keepdim=True)  # (B, H, Lq, 1); NaN propagates
+    dead = row_max == float("-inf")  # every score -inf: the row reads nothing
     row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
     e = torch.exp(scores - row_max)
     denom = e.sum(dim=-1, keepdim=True)
@@ -42,5 +48,5 @@ def forward(q: Tensor, k: Tensor, v: Tensor, *, mask, score_mod, scale: float, d
     weights = probs
     if dropout_p > 0.0:
         probs = torch.nn.functional.dropout(probs, p=dropout_p, training=True)
-    out = torch.matmul(probs, v.to(cdt)).to(q.dtype)
+    out = torch.matmul(probs, v.to(cdt)).masked_fill(dead, 0.0).to(q.dtype)
     return out, (weights.to(q.dtype) if return_weights else None)

@@ -3,7 +3,16 @@ cuDNN kernels on GPU, the flash kernel on CPU).
 
 Pure causal calls pass ``is_causal`` (no mask is built); causal with ``Lq < Lk`` uses the
 bottom-right aligned bias; other patterns are materialised to a dense bool matrix; additive
-score modifiers (ALiBi, relative bias) are materialised as a float bias.
+score modifiers (ALiBi, relative bias) are materialised as a float bias. Fully masked rows are
+set to zeros after the kernel, so no kernel's handling of them (or a NaN in a value they never
+read) can leak through.
+
+Non-finite inputs: PyTorch's CPU flash kernel treats a key block whose scores are all NaN as
+fully masked and returns zeros for it (a NaN query row, or a row whose only key in a block is
+NaN, comes out as zeros or as a finite average that ignores the NaN). :func:`scaled_dot_product`
+checks q and k for NaN/inf on the CPU (one reduction each; a host sync costs nothing there) and
+sends such calls to PyTorch's math kernel, which propagates them. Compiled code skips the check
+(no graph break).
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from attnkit.attention.backends.common import dense_mask
 from attnkit.attention.masks import Mask
@@ -38,19 +48,40 @@ def forward(q: Tensor, k: Tensor, v: Tensor, *, mask, score_mod, scale: float, d
         attn_mask = mask.dense(Lq, Lk, device=q.device)
     elif not is_causal:
         attn_mask = dense_mask(mask, B, Hq, Lq, Lk, q.device)
-    dead = None  # fully masked query rows: a float bias row of -inf gives NaN in some kernels
+    # fully masked query rows (B|1, H|1, Lq, 1): zeros whatever the kernel gives (a float bias
+    # row of -inf is NaN in some kernels; a NaN key or value is read as 0 · NaN in others)
+    dead = None if attn_mask is None else ~attn_mask.any(dim=-1, keepdim=True)
     if score_mod is not None:
         bias = score_mod.bias(Lq, Lk, batch=B, heads=Hq, device=q.device, dtype=q.dtype,
                               mask=attn_mask)  # -inf where attn_mask is False
-        if score_mod.finite and attn_mask is not None:
-            dead = ~attn_mask.any(dim=-1, keepdim=True)  # from the (smaller) bool mask
-        elif not score_mod.finite:
+        if not score_mod.finite:
             dead = torch.isneginf(bias).all(dim=-1, keepdim=True)
         attn_mask = bias
-    out = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
-        enable_gqa=k.shape[1] != Hq,
-    )
-    if dead is not None:  # branch-free (no host sync, no graph break under torch.compile)
-        out = out.masked_fill(dead, 0.0)
+    out = scaled_dot_product(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
+                             is_causal=is_causal, scale=scale)
+    if dead is not None:
+        out = out.masked_fill(dead, 0.0)  # branch-free: no host sync, no graph break
     return out, None
+
+
+def scaled_dot_product(q: Tensor, k: Tensor, v: Tensor, *, attn_mask: Tensor | None = None,
+                       dropout_p: float = 0.0, is_causal: bool = False, scale: float) -> Tensor:
+    """``F.scaled_dot_product_attention`` (GQA when k has fewer heads than q) that propagates
+    NaN/inf in q and k on the CPU too (see the module docstring)."""
+    gqa = k.shape[1] != q.shape[1]
+    if _nonfinite_on_cpu(q, k):
+        with sdpa_kernel(SDPBackend.MATH):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                                  dropout_p=dropout_p, is_causal=is_causal,
+                                                  scale=scale, enable_gqa=gqa)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
+                                          is_causal=is_causal, scale=scale, enable_gqa=gqa)
+
+
+def _nonfinite_on_cpu(q: Tensor, k: Tensor) -> bool:
+    """Whether q or k may hold NaN/inf (a sum that overflows also counts: the math kernel is
+    then merely slower), checked on the CPU in eager mode only."""
+    if q.device.type != "cpu" or torch.compiler.is_compiling() or not q.numel():
+        return False
+    total = q.sum(dtype=torch.float32) + k.sum(dtype=torch.float32)
+    return not bool(torch.isfinite(total))
