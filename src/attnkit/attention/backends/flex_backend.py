@@ -12,7 +12,6 @@ import warnings
 
 import torch
 from torch import Tensor
-
 from torch.nn.attention.flex_attention import AuxRequest
 
 from attnkit.attention.masks import Mask, from_dense
