@@ -31,7 +31,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +42,7 @@ from attnkit.models.causal_lm import CausalLM
 from attnkit.models.seq2seq import Seq2SeqLM
 from attnkit.positions import LearnedPositions
 from attnkit.sampling import GenerationConfig, eos_ids, make_generator, select_next_token
+from attnkit.validate import nonempty_ids, number, positive_int
 
 __all__ = ["GenerationConfig", "generate", "generate_seq2seq", "fill_mask", "beam_search",
            "BeamSearchOutput", "reorder_caches", "stream_to_terminal", "TerminalStreamer",
@@ -58,8 +59,12 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_token_id: int = 0,
              device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
     """Token lists -> ``ids (B, L)`` left-padded with ``pad_token_id`` and a bool ``mask
     (B, L)`` (True = real token), ``L`` the longest prompt."""
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("every prompt needs at least one token")
+    if not prompts:
+        raise ValueError("input_ids is an empty list: give at least one prompt")
+    empty = [i for i, p in enumerate(prompts) if len(p) == 0]
+    if empty:
+        raise ValueError(f"prompt {empty[0]} of {len(prompts)} is empty: every prompt needs at "
+                         "least one token (e.g. a BOS / end-of-document id to start from)")
     n = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), n), pad_token_id, dtype=torch.long, device=device)
     mask = torch.zeros(len(prompts), n, dtype=torch.bool, device=device)
@@ -83,6 +88,16 @@ def reorder_caches(caches: Sequence, indices: Tensor) -> None:
 
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+def _check_ids_fit(cfg: GenerationConfig, vocab_size: int, default_eos: Any = None) -> None:
+    """``pad_token_id`` and the EOS ids are ids of the model's vocabulary."""
+    for name, ids in (("pad_token_id", (cfg.pad_token_id,)),
+                      ("eos_token_id", eos_ids(cfg.eos_token_id, default_eos))):
+        bad = [i for i in ids if not 0 <= i < vocab_size]
+        if bad:
+            raise ValueError(f"{name}={bad[0]} is outside the model's vocabulary (valid ids: "
+                             f"0..{vocab_size - 1})")
 
 
 class _eval_mode:
@@ -168,10 +183,9 @@ def generate(model: CausalLM, input_ids: Tensor | Sequence[Sequence[int]],
         raise ValueError("beam search is implemented for Seq2SeqLM (beam_search); "
                          "generate() decodes one hypothesis per prompt (num_beams=1)")
     dev = _device(model)
+    _check_ids_fit(cfg, model.config.vocab_size)
     if isinstance(input_ids, Tensor):
-        ids = input_ids.to(dev)
-        if ids.dim() != 2 or ids.shape[1] == 0:
-            raise ValueError(f"input_ids must be (B, L) with L >= 1, got {tuple(ids.shape)}")
+        ids = nonempty_ids("input_ids", input_ids).to(dev)
         mask = (torch.ones_like(ids, dtype=torch.bool) if attention_mask is None
                 else attention_mask.to(dev).bool())
         if mask.shape != ids.shape:
@@ -236,7 +250,8 @@ def generate_seq2seq(model: Seq2SeqLM, input_ids: Tensor, attention_mask: Tensor
                            max_new_tokens=cfg.max_new_tokens, length_penalty=cfg.length_penalty,
                            eos_token_id=eos, early_stopping=cfg.early_stopping).sequences
     dev = _device(model)
-    input_ids = input_ids.to(dev)
+    _check_ids_fit(cfg, mc.vocab_size, mc.eos_token_id)
+    input_ids = nonempty_ids("input_ids", input_ids).to(dev)
     attention_mask = None if attention_mask is None else attention_mask.to(dev)
     B, N = input_ids.shape[0], cfg.max_new_tokens
     rows = _Rows(B, N, eos, cfg.stop_strings, stream, decode)
@@ -330,14 +345,17 @@ def beam_search(model: Seq2SeqLM, input_ids: Tensor, attention_mask: Tensor | No
     ``eos_token_id=None`` uses ``model.config.eos_token_id``; ``()`` means no EOS (every
     hypothesis has ``max_new_tokens`` tokens).
     """
-    if not isinstance(num_beams, int) or num_beams < 1:
-        raise ValueError(f"num_beams must be a positive int, got {num_beams!r}")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    positive_int("num_beams", num_beams)
+    positive_int("max_new_tokens", max_new_tokens)
+    number("length_penalty", length_penalty)
     mc, dev, K, N = model.config, _device(model), num_beams, max_new_tokens
     eos = eos_ids(eos_token_id, mc.eos_token_id)
+    bad = [e for e in eos if not 0 <= e < mc.vocab_size]
+    if bad:
+        raise ValueError(f"eos_token_id={bad[0]} is outside the model's vocabulary (valid ids: "
+                         f"0..{mc.vocab_size - 1})")
     eos_t = torch.tensor(eos, dtype=torch.long, device=dev)
-    input_ids = input_ids.to(dev)
+    input_ids = nonempty_ids("input_ids", input_ids).to(dev)
     B, V = input_ids.shape[0], mc.vocab_size
     n_keep = min(max(2, 1 + len(eos)) * K, K * V)
     with _eval_mode(model):

@@ -18,9 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attnkit.attention import backends
 from attnkit.attention.core import MaskArg
 from attnkit.attention.multihead import Cache, MultiHeadAttention, RopeFn
 from attnkit.attention.score_mods import ScoreMod
+from attnkit.validate import fraction, number, one_of, positive_int
 
 __all__ = ["LayerNorm", "RMSNorm", "make_norm", "FeedForward", "BlockConfig", "TransformerBlock"]
 
@@ -104,6 +106,9 @@ class BlockConfig:
     ``d_ff`` defaults to ``4·d_model`` (use ``≈ 8/3·d_model`` for SwiGLU at equal parameters);
     ``bias`` applies to every Linear and LayerNorm; ``dropout`` is the residual / FFN dropout;
     ``attn_scale`` multiplies ``q kᵀ`` in every attention (default ``1/√head_dim``; T5: 1.0).
+
+    Validated on construction — every model family's config builds one, so a bad width or
+    head count is reported when the config is made, naming the field to fix.
     """
 
     d_model: int
@@ -123,14 +128,41 @@ class BlockConfig:
     attn_scale: float | None = None
 
     def __post_init__(self) -> None:
+        positive_int("d_model", self.d_model)
+        positive_int("n_heads", self.n_heads)
         if self.d_ff is None:
             self.d_ff = 4 * self.d_model
+        positive_int("d_ff", self.d_ff)
+        if self.n_kv_heads is not None:
+            positive_int("n_kv_heads", self.n_kv_heads)
+            if self.n_heads % self.n_kv_heads:
+                raise ValueError(
+                    f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads "
+                    f"({self.n_kv_heads}); valid n_kv_heads: {_divisors(self.n_heads)}")
+        if self.head_dim is not None:
+            positive_int("head_dim", self.head_dim)
+        elif self.d_model % self.n_heads:
+            raise ValueError(
+                f"d_model ({self.d_model}) is not divisible by n_heads ({self.n_heads}): set "
+                f"n_heads to a divisor of d_model ({_divisors(self.d_model)}) or set head_dim")
         if self.norm_position not in ("pre", "post"):
             raise ValueError(f"norm_position must be 'pre' or 'post', got {self.norm_position!r}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {self.activation!r}; valid: {ACTIVATIONS}")
         if self.norm not in ("layernorm", "rmsnorm"):
             raise ValueError(f"unknown norm {self.norm!r}; valid: 'layernorm', 'rmsnorm'")
+        number("norm_eps", self.norm_eps, low=0.0, low_open=True)
+        fraction("dropout", self.dropout)
+        fraction("attn_dropout", self.attn_dropout)
+        if self.attn_scale is not None:
+            number("attn_scale", self.attn_scale, low=0.0, low_open=True)
+        one_of("backend", self.backend, ("auto", *backends.NAMES))
+
+
+def _divisors(n: int, at_most: int = 12) -> str:
+    """``"1, 2, 4, ..."`` — the first divisors of ``n`` (for error messages)."""
+    ds = [d for d in range(1, n + 1) if n % d == 0]
+    return ", ".join(map(str, ds[:at_most])) + (", ..." if len(ds) > at_most else "")
 
 
 class TransformerBlock(nn.Module):

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
+
+from attnkit.validate import flag, nonneg_int, number, positive_int
 
 __all__ = ["GenerationConfig", "apply_temperature", "top_k_filter", "top_p_filter",
            "min_p_filter", "repetition_penalty", "process_logits", "select_next_token",
@@ -61,32 +64,46 @@ class GenerationConfig:
     early_stopping: bool = True
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive int, got {self.max_new_tokens!r}")
-        if not self.temperature >= 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature!r}")
-        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
-            raise ValueError(f"top_k must be None or a positive int, got {self.top_k!r}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be None or in (0, 1], got {self.top_p!r}")
-        if self.min_p is not None and not 0 <= self.min_p <= 1:
-            raise ValueError(f"min_p must be None or in [0, 1], got {self.min_p!r}")
-        if not self.repetition_penalty > 0:
-            raise ValueError(f"repetition_penalty must be > 0 (1 = off), got "
-                             f"{self.repetition_penalty!r}")
+        positive_int("max_new_tokens", self.max_new_tokens)
+        number("temperature (0 = greedy)", self.temperature, low=0.0)
+        if self.top_k is not None:
+            positive_int("top_k (None = off)", self.top_k)
+        if self.top_p is not None:
+            number("top_p (None = off)", self.top_p, low=0.0, high=1.0, low_open=True)
+        if self.min_p is not None:
+            number("min_p (None = off)", self.min_p, low=0.0, high=1.0)
+        number("repetition_penalty (1 = off)", self.repetition_penalty, low=0.0, low_open=True)
+        nonneg_int("pad_token_id", self.pad_token_id)
+        if _bad_eos(self.eos_token_id):
+            raise ValueError(f"eos_token_id must be None, an int or a sequence of ints, got "
+                             f"{self.eos_token_id!r}")
+        for e in eos_ids(self.eos_token_id):
+            nonneg_int("eos_token_id", e)
+        if self.seed is not None:
+            nonneg_int("seed (None = random)", self.seed)
         if isinstance(self.stop_strings, str):
             self.stop_strings = (self.stop_strings,)
         self.stop_strings = tuple(self.stop_strings)
         if any(not isinstance(s, str) or not s for s in self.stop_strings):
             raise ValueError(f"stop_strings must be non-empty strings, got {self.stop_strings!r}")
-        if not isinstance(self.num_beams, int) or self.num_beams < 1:
-            raise ValueError(f"num_beams must be a positive int, got {self.num_beams!r}")
+        positive_int("num_beams", self.num_beams)
+        number("length_penalty", self.length_penalty)
+        flag("use_cache", self.use_cache)
+        flag("early_stopping", self.early_stopping)
         if self.num_beams > 1 and self.temperature > 0:
             raise ValueError("beam search is deterministic: use temperature=0 with num_beams > 1")
 
     @property
     def do_sample(self) -> bool:
         return self.temperature > 0
+
+
+def _bad_eos(eos: Any) -> bool:
+    """Not None, an int or a sequence of ints (then :func:`eos_ids` cannot read it)."""
+    if eos is None or (isinstance(eos, int) and not isinstance(eos, bool)):
+        return False
+    return isinstance(eos, (str, bytes)) or not isinstance(eos, Sequence) or any(
+        not isinstance(e, int) or isinstance(e, bool) for e in eos)
 
 
 def eos_ids(eos: int | Sequence[int] | None, default: int | Sequence[int] | None = None

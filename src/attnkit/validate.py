@@ -89,11 +89,13 @@ def host_check_is_free(t: Tensor, *, training: bool = False) -> bool:
 
 
 def nonempty_ids(name: str, ids: Any) -> Tensor:
-    """``ids`` if it is a 2-D integer tensor ``(B, L)`` with ``B, L >= 1``."""
+    """``ids`` if it is a 2-D int64 / int32 tensor ``(B, L)`` (what embeddings index with)
+    with ``B, L >= 1``."""
     if not isinstance(ids, Tensor):
         raise TypeError(f"{name} must be a (B, L) tensor of token ids, got {type(ids).__name__}")
-    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
-        raise TypeError(f"{name} must hold integer token ids, got dtype {ids.dtype}")
+    if ids.dtype not in (torch.long, torch.int):
+        raise ValueError(f"{name} must hold integer token ids (torch.long or torch.int), got "
+                        f"dtype {ids.dtype}")
     if ids.dim() != 2:
         raise ValueError(f"{name} must be (B, L), got shape {tuple(ids.shape)}")
     if ids.shape[0] == 0 or ids.shape[1] == 0:

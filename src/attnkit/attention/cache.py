@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from attnkit.memory import require
+
 __all__ = ["KVCache", "SlidingWindowCache"]
 
 
@@ -35,6 +37,11 @@ class _CacheBase:
                 raise ValueError(f"{name} must be a positive int, got {val!r}")
         self.batch, self.n_kv_heads, self.head_dim = batch, n_kv_heads, head_dim
         self.v_dim = head_dim if v_dim is None else v_dim
+        nbytes = batch * n_kv_heads * capacity * (head_dim + self.v_dim) * dtype.itemsize
+        require(nbytes, device or torch.get_default_device(),
+                what=f"a {type(self).__name__} of {capacity:,} positions x {batch} rows x "
+                f"{n_kv_heads} heads", fix="generate fewer tokens (max_new_tokens) or shorter "
+                "prompts")
         self.k = torch.zeros(batch, n_kv_heads, capacity, head_dim, dtype=dtype, device=device)
         self.v = torch.zeros(batch, n_kv_heads, capacity, self.v_dim, dtype=dtype, device=device)
         self.pos = 0  # absolute position of the next token

@@ -120,11 +120,13 @@ class MultiHeadAttention(nn.Module):
                   dtype: torch.dtype | None = None, device: torch.device | str | None = None
                   ) -> Cache:
         """An empty cache for this layer: :class:`KVCache` of ``max_len`` positions, or a
-        :class:`SlidingWindowCache` when ``window`` is given. dtype/device default to the
-        layer's parameters."""
+        :class:`SlidingWindowCache` when ``window`` is given (``max_len`` may then be 0: no
+        limit) — unless ``0 < max_len <= window``: a window that wide sees every position
+        anyway, so the static cache of ``max_len`` serves it without a ring buffer of
+        ``window`` slots. dtype/device default to the layer's parameters."""
         w = self.out_proj.weight
         kw = dict(dtype=dtype or w.dtype, device=device or w.device)
-        if window is not None:
+        if window is not None and not 0 < max_len <= window:
             return SlidingWindowCache(batch, self.n_kv_heads, window, self.head_dim, **kw)
         return KVCache(batch, self.n_kv_heads, max_len, self.head_dim, **kw)
 

@@ -24,6 +24,7 @@ from attnkit.layers import BlockConfig, LayerNorm
 from attnkit.models.config import ModelConfig
 from attnkit.models.stacks import TransformerStack
 from attnkit.positions import LearnedPositions
+from attnkit.validate import host_check_is_free, nonempty_ids, nonneg_int, positive_int, token_ids
 
 __all__ = [
     "BertConfig", "BertOutput", "HeadOutput", "QAOutput", "BertEmbeddings", "BertModel",
@@ -60,9 +61,10 @@ class BertConfig(ModelConfig):
     backend: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.d_model % self.n_heads:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads "
-                             f"({self.n_heads})")
+        for name in ("vocab_size", "max_position", "type_vocab_size", "n_layers"):
+            positive_int(name, getattr(self, name))
+        nonneg_int("num_labels", self.num_labels)
+        self.block()  # d_model / n_heads, d_ff, dropouts, norm_eps, backend
         if self.activation not in ("gelu", "gelu_tanh", "relu"):
             raise ValueError(f"unknown BERT activation {self.activation!r}; valid: 'gelu', "
                              f"'gelu_tanh', 'relu'")
@@ -213,8 +215,16 @@ class BertModel(nn.Module):
                 output_hidden_states: bool = False) -> BertOutput:
         """``input_ids (B, L)`` -> :class:`BertOutput`; ``attention_mask (B, L)`` 1 = token,
         0 = padding; ``token_type_ids (B, L)`` segment ids (default 0)."""
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be (B, L), got shape {tuple(input_ids.shape)}")
+        nonempty_ids("input_ids", input_ids)
+        if token_type_ids is not None and token_type_ids.shape != input_ids.shape:
+            raise ValueError(f"token_type_ids shape {tuple(token_type_ids.shape)} != input_ids "
+                             f"shape {tuple(input_ids.shape)}")
+        if host_check_is_free(input_ids, training=self.training):
+            cfg = self.config
+            token_ids(input_ids, cfg.vocab_size)
+            if token_type_ids is not None:
+                token_ids(token_type_ids, cfg.type_vocab_size, name="token_type_ids",
+                          source="the token types (type_vocab_size)")
         if attention_mask is not None and attention_mask.shape != input_ids.shape:
             raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids "
                              f"shape {tuple(input_ids.shape)}")
@@ -280,12 +290,18 @@ class _BertHead(nn.Module):
         loss only when given)."""
         o = self.bert(input_ids, attention_mask, token_type_ids, return_weights,
                       output_hidden_states)
+        if labels is not None and host_check_is_free(input_ids, training=self.training):
+            self._check_labels(labels)
         logits = self._logits(o)
         loss = self._loss(logits, labels) if labels is not None else None
         return self._output(logits, loss, o)
 
     def _logits(self, o: BertOutput) -> Tensor:
         raise NotImplementedError
+
+    def _check_labels(self, labels: Any) -> None:
+        """Class / token ids in ``labels`` within the head's range (a clear error instead of
+        cross-entropy's bare "out of bounds")."""
 
     def _loss(self, logits: Tensor, labels: Any) -> Tensor:
         return _ce(logits, labels)
@@ -305,6 +321,9 @@ class BertForMaskedLM(_BertHead):
         self.transform_norm = LayerNorm(cfg.d_model, eps=cfg.norm_eps)
         self.decoder_bias = nn.Parameter(torch.zeros(cfg.vocab_size))
 
+    def _check_labels(self, labels: Tensor) -> None:
+        token_ids(labels, self.config.vocab_size, name="labels", ignore=-100)
+
     def _logits(self, o: BertOutput) -> Tensor:
         h = self.transform_norm(_act(self.config.activation, self.transform(o.last_hidden_state)))
         return F.linear(h, self.bert.embeddings.word.weight, self.decoder_bias)
@@ -319,6 +338,11 @@ class BertForSequenceClassification(_BertHead):
         super().__init__(cfg, add_pooler=True)
         self.drop = nn.Dropout(cfg.dropout)
         self.classifier = _linear(cfg.d_model, cfg.num_labels)
+
+    def _check_labels(self, labels: Tensor) -> None:
+        if self.config.num_labels > 1:
+            token_ids(labels, self.config.num_labels, name="labels",
+                      source="the classifier (num_labels)")
 
     def _logits(self, o: BertOutput) -> Tensor:
         return self.classifier(self.drop(o.pooler_output))

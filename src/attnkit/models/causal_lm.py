@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnkit.attention import backends, masks
+from attnkit.attention import masks
 from attnkit.attention.multihead import Cache
 from attnkit.attention.score_mods import alibi
 from attnkit.layers import ACTIVATIONS, BlockConfig, LayerNorm, RMSNorm
@@ -39,6 +39,14 @@ from attnkit.positions import (
     RotaryEmbedding,
     SinusoidalPositions,
     position_range,
+)
+from attnkit.validate import (
+    host_check_is_free,
+    nonempty_ids,
+    nonneg_int,
+    number,
+    positive_int,
+    token_ids,
 )
 
 __all__ = ["CausalLMConfig", "CausalLM", "CausalLMOutput"]
@@ -98,11 +106,8 @@ class CausalLMConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         for name in ("max_seq_len", "d_model", "n_layers", "n_heads"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
-        if not isinstance(self.vocab_size, int) or self.vocab_size < 0:
-            raise ValueError(f"vocab_size must be an int >= 0 (0 = not set), got "
-                             f"{self.vocab_size!r}")
+            positive_int(name, getattr(self, name))
+        nonneg_int("vocab_size (0 = not set)", self.vocab_size)
         if self.position not in POSITIONS:
             raise ValueError(f"unknown position {self.position!r}; valid: {POSITIONS}")
         if self.activation not in ACTIVATIONS:
@@ -113,14 +118,18 @@ class CausalLMConfig(ModelConfig):
                     or rs["type"] not in ("linear", "ntk")):
                 raise ValueError("rope_scaling must be None or {'type': 'linear' | 'ntk', "
                                  f"'factor': f}}, got {rs!r}")
-        if self.sliding_window is not None and (
-                not isinstance(self.sliding_window, int) or self.sliding_window < 1):
-            raise ValueError(f"sliding_window must be None or a positive int, got "
-                             f"{self.sliding_window!r}")
-        if self.backend != "auto" and self.backend not in backends.NAMES:
-            raise ValueError(f"unknown backend {self.backend!r}; valid: 'auto', "
-                             f"{', '.join(backends.NAMES)}")
-        self.block_config()  # validates norm, norm_position, ...
+            number("rope_scaling factor", rs["factor"], low=0.0, low_open=True)
+        if self.sliding_window is not None:
+            positive_int("sliding_window (None = no window)", self.sliding_window)
+        number("rope_base", self.rope_base, low=0.0, low_open=True)
+        number("init_std", self.init_std, low=0.0)
+        self.block_config()  # d_model / n_heads / head_dim, norms, dropouts, backend
+        if self.position == "rope" and self.resolved_head_dim % 2:
+            raise ValueError(f"position='rope' rotates pairs of features: head_dim must be even, "
+                             f"got {self.resolved_head_dim} (d_model {self.d_model} / n_heads "
+                             f"{self.n_heads}); set head_dim or n_heads")
+        if self.position == "sinusoidal" and self.d_model % 2:
+            raise ValueError(f"position='sinusoidal' needs an even d_model, got {self.d_model}")
 
     @property
     def resolved_head_dim(self) -> int:
@@ -240,7 +249,8 @@ class CausalLM(nn.Module):
     def new_caches(self, batch: int, max_len: int, *, dtype: torch.dtype | None = None,
                    device: torch.device | str | None = None) -> list[Cache]:
         """One empty cache per layer for generation: :class:`KVCache` of ``max_len``
-        positions, or :class:`SlidingWindowCache` of ``sliding_window`` when it is set."""
+        positions, or :class:`SlidingWindowCache` of ``sliding_window`` when it is set (and
+        shorter than ``max_len``)."""
         w = self.config.sliding_window
         return [layer.attn.new_cache(batch, max_len, window=w, dtype=dtype, device=device)
                 for layer in self.stack.layers]
@@ -269,9 +279,17 @@ class CausalLM(nn.Module):
                 cross-entropy of ``logits[:, t]`` against ``labels[:, t + 1]`` (ignore -100).
             return_weights: per-layer attention probabilities ``(B, H, L, Lk)``.
             output_hidden_states: the input of every layer and the final (normed) output.
+
+        Token ids (and labels) outside ``0 .. vocab_size - 1`` are a ``ValueError`` naming the
+        id (checked in eager mode on the CPU, and in eval mode elsewhere: on an accelerator a
+        training step never waits on the device). Empty ``input_ids`` are an error too.
         """
         c = self.config
-        B, L = input_ids.shape
+        B, L = nonempty_ids("input_ids", input_ids).shape
+        if host_check_is_free(input_ids, training=self.training):
+            token_ids(input_ids, c.vocab_size)
+            if labels is not None:
+                token_ids(labels, c.vocab_size, name="labels", ignore=-100)
         past = caches[0].pos if caches else 0
         if caches is not None and len(caches) != c.n_layers:
             raise ValueError(f"expected {c.n_layers} caches (one per layer), got {len(caches)}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 from attnkit.models.bert import (
@@ -94,14 +95,22 @@ def config_from_dict(data: dict[str, Any]) -> ModelConfig:
     return _family(data["family"]).config_cls.from_dict(data)
 
 
-def build_model(config: dict[str, Any] | ModelConfig, architecture: str | None = None
-                ) -> nn.Module:
+def build_model(config: dict[str, Any] | ModelConfig, architecture: str | None = None, *,
+                check_memory: bool = True) -> nn.Module:
     """A freshly initialised model for ``config`` (dict or config object); ``architecture``
-    is a class name of the family (default: the family's default, e.g. ``BertForMaskedLM``)."""
+    is a class name of the family (default: the family's default, e.g. ``BertForMaskedLM``).
+
+    ``check_memory``: first size the model on the meta device and refuse (``ValueError`` with
+    the figure) one whose parameters and buffers exceed the memory available — a config with
+    an absurd ``max_seq_len`` or ``vocab_size`` fails here, not in the allocator."""
     cfg = config if isinstance(config, ModelConfig) else config_from_dict(config)
     fam = _family(cfg.family)
     name = architecture or fam.default
     if name not in fam.architectures:
         raise ValueError(f"unknown {cfg.family!r} architecture {name!r}; valid: "
                          f"{sorted(fam.architectures)}")
+    if check_memory and torch.get_default_device().type != "meta":
+        from attnkit.memory import check_model
+
+        check_model(cfg, name)
     return fam.architectures[name](cfg)

@@ -33,6 +33,7 @@ from attnkit.layers import BlockConfig, FeedForward
 from attnkit.models.config import ModelConfig
 from attnkit.models.stacks import StackOutput, TransformerStack
 from attnkit.positions import SinusoidalPositions, position_range
+from attnkit.validate import host_check_is_free, nonempty_ids, positive_int, token_ids
 
 __all__ = ["Seq2SeqConfig", "Seq2SeqLM", "Seq2SeqOutput", "DecoderState", "GatedGeluFeedForward",
            "shift_right"]
@@ -100,8 +101,7 @@ class Seq2SeqConfig(ModelConfig):
         if self.n_decoder_layers is None:
             self.n_decoder_layers = self.n_layers
         for name in ("vocab_size", "d_model", "n_layers", "n_decoder_layers", "n_heads", "d_ff"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            positive_int(name, getattr(self, name))
         for name, val, valid in (("position", self.position, POSITIONS),
                                  ("activation", self.activation, ACTIVATIONS),
                                  ("norm", self.norm, ("layernorm", "rmsnorm")),
@@ -109,13 +109,14 @@ class Seq2SeqConfig(ModelConfig):
                                  ("scale_embeddings", self.scale_embeddings, EMBED_SCALES)):
             if val not in valid:
                 raise ValueError(f"unknown {name} {val!r}; valid: {', '.join(valid)}")
-        if self.head_dim is None and self.d_model % self.n_heads:
-            raise ValueError(f"d_model ({self.d_model}) is not divisible by n_heads "
-                             f"({self.n_heads}); set head_dim")
+        self.block(cross_attention=True)  # d_model / n_heads / head_dim, dropout, norm_eps
         if self.position == "sinusoidal" and self.d_model % 2:
             raise ValueError(f"sinusoidal positions need an even d_model, got {self.d_model}")
-        for name in ("pad_token_id", "decoder_start_token_id"):
-            if not 0 <= getattr(self, name) < self.vocab_size:
+        ids = ("pad_token_id", "decoder_start_token_id") + (
+            ("eos_token_id",) if self.eos_token_id is not None else ())
+        for name in ids:
+            if not isinstance(getattr(self, name), int) or not 0 <= getattr(self, name) < \
+                    self.vocab_size:
                 raise ValueError(f"{name}={getattr(self, name)} outside the vocabulary "
                                  f"[0, {self.vocab_size})")
 
@@ -235,11 +236,11 @@ class Seq2SeqLM(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     # ---- pieces ---------------------------------------------------------------------------
-    def _embed(self, ids: Tensor, start: int = 0) -> Tensor:
+    def _embed(self, ids: Tensor, start: int = 0, name: str = "input_ids") -> Tensor:
         """``(B, L)`` ids -> ``dropout(E[ids]·s + PE[start:start+L])``, ``(B, L, d_model)``."""
-        if ids.dim() != 2 or ids.dtype not in (torch.long, torch.int, torch.int16, torch.int8):
-            raise ValueError(f"token ids must be an integer (B, L) tensor, got {ids.dtype} "
-                             f"{tuple(ids.shape)}")
+        nonempty_ids(name, ids)
+        if host_check_is_free(ids, training=self.training):
+            token_ids(ids, self.config.vocab_size, name=name)
         x = self.embed(ids)
         if self.config.scale_embeddings == "input":
             x = x * math.sqrt(self.config.d_model)
@@ -299,7 +300,7 @@ class Seq2SeqLM(nn.Module):
             self_mask = (torch.arange(Lk, device=km.device)[None, :] <= rows) & km
         mod = self.decoder_bias.score_mod() if self.decoder_bias is not None else None
         out = self.decoder(
-            self._embed(decoder_input_ids, start), mask=self_mask, context=encoder_hidden,
+            self._embed(decoder_input_ids, start, "decoder_input_ids"), mask=self_mask, context=encoder_hidden,
             context_mask=enc_mask, score_mod=mod,
             caches=None if state is None else state.self_caches,
             cross_caches=None if state is None else state.cross_caches,
@@ -359,6 +360,8 @@ class Seq2SeqLM(nn.Module):
             if labels.shape != decoder_input_ids.shape:
                 raise ValueError(f"labels {tuple(labels.shape)} must match decoder_input_ids "
                                  f"{tuple(decoder_input_ids.shape)}")
+            if host_check_is_free(labels, training=self.training):
+                token_ids(labels, self.config.vocab_size, name="labels", ignore=-100)
             loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(),
                                    ignore_index=-100)
         return Seq2SeqOutput(

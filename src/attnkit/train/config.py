@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any
 
 from attnkit.jsonconfig import JsonConfig
+from attnkit.validate import flag, nonneg_int, number, one_of, positive_int
 
 __all__ = ["TrainConfig", "PRECISIONS", "DISTRIBUTED"]
 
@@ -53,28 +54,29 @@ class TrainConfig(JsonConfig):
     progress: bool = True
 
     def __post_init__(self) -> None:
-        self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
+        if not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2:
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        self.betas = tuple(number("betas", b, low=0.0, high=1.0, high_open=True)
+                           for b in self.betas)  # type: ignore[assignment]
         for name in ("steps", "batch_size", "grad_accum", "log_every", "eval_batches"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+            positive_int(name, getattr(self, name))
         for name in ("warmup_steps", "eval_every", "save_every", "seed"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {v!r}")
-        if not self.lr > 0 or not 0 <= self.min_lr <= self.lr:
-            raise ValueError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={self.lr}, "
-                             f"min_lr={self.min_lr}")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError("weight_decay and grad_clip must be >= 0")
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {self.precision!r}; valid: {PRECISIONS}")
-        if self.distributed not in DISTRIBUTED:
-            raise ValueError(f"unknown distributed {self.distributed!r}; valid: {DISTRIBUTED}")
+            nonneg_int(name, getattr(self, name))
+        number("lr", self.lr, low=0.0, low_open=True)
+        number("min_lr", self.min_lr, low=0.0, high=self.lr)
+        number("weight_decay", self.weight_decay, low=0.0)
+        number("grad_clip (0 = off)", self.grad_clip, low=0.0)
+        number("label_smoothing", self.label_smoothing, low=0.0, high=1.0, high_open=True)
+        one_of("precision", self.precision, PRECISIONS)
+        one_of("distributed", self.distributed, DISTRIBUTED)
+        for name in ("compile", "tensorboard", "progress"):
+            flag(name, getattr(self, name))
+        for name in ("out_dir", "device"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
+        if not isinstance(self.resume, (bool, str)):
+            raise ValueError(f"resume must be true/false or a checkpoint path, got "
+                             f"{self.resume!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
