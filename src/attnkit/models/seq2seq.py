@@ -300,8 +300,8 @@ class Seq2SeqLM(nn.Module):
             self_mask = (torch.arange(Lk, device=km.device)[None, :] <= rows) & km
         mod = self.decoder_bias.score_mod() if self.decoder_bias is not None else None
         out = self.decoder(
-            self._embed(decoder_input_ids, start, "decoder_input_ids"), mask=self_mask, context=encoder_hidden,
-            context_mask=enc_mask, score_mod=mod,
+            self._embed(decoder_input_ids, start, "decoder_input_ids"), mask=self_mask,
+            context=encoder_hidden, context_mask=enc_mask, score_mod=mod,
             caches=None if state is None else state.self_caches,
             cross_caches=None if state is None else state.cross_caches,
             return_weights=return_weights, output_hidden_states=output_hidden_states)
