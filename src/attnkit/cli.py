@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.table import Table
 
@@ -16,10 +17,52 @@ from attnkit.commands import (
     generate_cmd,
     train_cmd,
 )
+from attnkit.commands.common import cli_errors, fail
+
+
+class OneLineErrors(typer.core.TyperGroup):
+    """The ``attnkit`` group: usage errors (a value outside an option's range, a missing
+    argument, an unknown option) print like every other command error — one ``error: ...``
+    line naming the value, exit code 2 — instead of a boxed usage message."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True,
+             **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            code = super().main(argv, prog_name, complete_var, False, **extra)
+        except typer.TyperException as e:  # Click's errors (vendored by typer)
+            if type(e).__name__ == "NoArgsIsHelpError":  # `attnkit` alone: the help
+                e.show()
+            else:
+                typer.echo(f"error: {_one_line(e, argv)}", err=True)
+            sys.exit(getattr(e, "exit_code", 2))
+        except typer.Abort:
+            typer.echo("Aborted.", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _one_line(e: Exception, argv: list[str]) -> str:
+    """A usage error as one line, with the offending value and where to read more."""
+    msg = " ".join(e.format_message().split()) if hasattr(e, "format_message") else str(e)
+    opts = [o for o in getattr(getattr(e, "param", None), "opts", None) or () if
+            o.startswith("-")]
+    for i, a in enumerate(argv):
+        for o in opts:
+            if a == o and i + 1 < len(argv):
+                msg += f" (got {argv[i + 1]!r})"
+            elif a.startswith(o + "="):
+                msg += f" (got {a[len(o) + 1:]!r})"
+    ctx = getattr(e, "ctx", None)
+    return msg.rstrip(".") + (f"; see '{ctx.command_path} --help'" if ctx is not None else "")
+
 
 app = typer.Typer(
     name="attnkit",
     help="Self-attention and the Transformers built on it: use it, read it, see it.",
+    cls=OneLineErrors,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -54,9 +97,12 @@ def demo(
 ) -> None:
     """Run every attention variant on one input; print backend, shape, error vs reference, time."""
     from attnkit.demo import run_demo
+    from attnkit.train.distributed import resolve_device
 
-    if heads % kv_heads:
-        raise typer.BadParameter(f"heads ({heads}) must be a multiple of kv_heads ({kv_heads})")
+    with cli_errors():
+        if heads % kv_heads:
+            fail(f"--heads {heads} must be a multiple of --kv-heads {kv_heads}")
+        device = str(resolve_device(device))
     rows = run_demo(seq_len, batch, heads, kv_heads, head_dim, device, seed)
     table = Table(title=f"attnkit attention variants — {rows[0].shape}, device={device}")
     for col in ("variant", "backend", "reference", "max |err|", "ms", "note"):
@@ -85,11 +131,8 @@ def embed(
     from attnkit.embed import cosine_matrix
     from attnkit.embed import embed as embed_texts
 
-    try:
+    with cli_errors():
         e = embed_texts(texts, model_dir)
-    except (ModuleNotFoundError, FileNotFoundError, ValueError) as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(1) from err
     sim = cosine_matrix(e)
     if as_json:
         typer.echo(json.dumps({"texts": texts, "dim": e.shape[1],

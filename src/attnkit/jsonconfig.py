@@ -9,7 +9,28 @@ import json
 from pathlib import Path
 from typing import Any, Self
 
-__all__ = ["JsonConfig"]
+__all__ = ["JsonConfig", "read_json"]
+
+
+def read_json(path: str | Path, *, kind: type | None = dict) -> Any:
+    """The JSON value in ``path``, with one clear ``ValueError`` naming the file when it is
+    not UTF-8 text, not JSON, or (``kind``) not a JSON object / array as required;
+    ``FileNotFoundError`` when it is missing."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"file missing: {p}")
+    try:
+        data = json.loads(p.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{p} is not UTF-8 text (byte offset {e.start}): not a JSON file") \
+            from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{p} is not valid JSON ({e.msg} at line {e.lineno} column "
+                         f"{e.colno})") from None
+    if kind is not None and not isinstance(data, kind):
+        want = {dict: "a JSON object", list: "a JSON array"}.get(kind, kind.__name__)
+        raise ValueError(f"{p} must hold {want}, got {type(data).__name__}")
+    return data
 
 
 class JsonConfig:

@@ -63,7 +63,7 @@ def test_svg_json_and_html(hf_bert, tmp_path):
     page = tmp_path / "a.html"
     r = _run("-c", hf_bert, "--text", "a cat", "--html", page)
     if importlib.util.find_spec("attnkit.viz.web") is None:
-        assert r.exit_code == 1 and "attnkit.viz.web" in r.output
+        assert r.exit_code == 2 and "attnkit.viz.web" in r.output
     else:
         assert r.exit_code == 0, r.output
         assert "<html" in page.read_text().lower()
@@ -73,16 +73,16 @@ def test_errors(hf_bert, tmp_path):
     r = _run("--text", "x")
     assert r.exit_code == 2 and "--checkpoint DIR is required" in r.output
     r = _run("-c", tmp_path / "nowhere")
-    assert r.exit_code == 1 and "does not exist" in r.output
+    assert r.exit_code == 2 and "does not exist" in r.output
     r = _run("-c", hf_bert, "--layer", "5")
-    assert r.exit_code == 1 and "out of range" in r.output
+    assert r.exit_code == 2 and "out of range" in r.output
     r = _run("-c", hf_bert, "--svg")
     assert r.exit_code == 2 and "--png" in r.output
     # a model directory without a tokenizer
     bare = tmp_path / "bare"
     save_hf(BertForMaskedLM(BertConfig.preset("bert-tiny", vocab_size=50)), bare)
     r = _run("-c", bare)
-    assert r.exit_code == 1 and "no tokenizer found" in r.output
+    assert r.exit_code == 2 and "no tokenizer found" in r.output
     with pytest.raises(FileNotFoundError, match="tokenizer.save"):
         load_for_viz(bare)
 

@@ -19,9 +19,11 @@ from rich.console import Console
 __all__ = ["CliError", "fail", "cli_errors", "rank", "is_main", "echo", "console",
            "cpu_threads", "busy_cores", "available_cores", "LoadedModel", "find_checkpoint",
            "checkpoint_kind", "load_any", "load_hf_model",
-           "read_run_info", "write_json", "human", "RUN_FILE", "EXIT_USAGE"]
+           "read_run_info", "write_json", "output_dir", "output_file", "human", "RUN_FILE",
+           "EXIT_USAGE", "EXIT_INTERRUPTED"]
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: a Ctrl-C'd command, after it saved its state
 RUN_FILE = "run.json"
 
 # Tables stay readable when piped (rich would wrap them to 80 columns).
@@ -175,14 +177,17 @@ def cpu_threads(requested: int, device: str) -> Iterator[str | None]:
 
 
 def _config(path: Path) -> dict[str, Any] | None:
+    """``path/config.json`` as a dict; None when there is none; a one-line error when it is
+    there but not a JSON object (a truncated or binary file is not "no checkpoint")."""
+    from attnkit.jsonconfig import read_json
+
     f = path / "config.json"
     if not f.is_file():
         return None
     try:
-        data = json.loads(f.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+        return read_json(f)
+    except ValueError as e:
+        fail(f"{e}; it cannot be read as a model config")
 
 
 def checkpoint_kind(path: Path) -> str | None:
@@ -233,6 +238,19 @@ class LoadedModel:
     def architecture(self) -> str:
         return type(self.model).__name__
 
+    def check_ids(self, ids: Any, what: str) -> None:
+        """A one-line error when token ``ids`` (a list or array) reach beyond the model's
+        vocabulary: the tokenizer beside the weights was made for another model."""
+        vocab = getattr(self.model.config, "vocab_size", None)
+        if vocab is None or not len(ids):
+            return
+        hi = int(ids.max() if hasattr(ids, "max") else max(ids))
+        if hi >= vocab:
+            tok = self.tokenizer
+            fail(f"{what} encodes to token id {hi}, but the model in {self.path} has vocab_size="
+                 f"{vocab} (valid ids: 0..{vocab - 1}): its {tok.kind} tokenizer "
+                 f"({tok.vocab_size} tokens) was made for another model")
+
 
 def _untruncated(tok: Any) -> Any:
     """A Hugging Face tokenizer.json may carry fixed padding/truncation: switch them off (the
@@ -260,7 +278,9 @@ def load_any(path: str | Path, device: str = "cpu", *, need_tokenizer: bool = Tr
              ) -> LoadedModel:
     """Model + tokenizer from an attnkit checkpoint / run directory or a HF directory."""
     from attnkit.data import load_tokenizer
+    from attnkit.train.distributed import resolve_device
 
+    device = str(resolve_device(device))  # a device this machine lacks: a one-line error
     ckpt, kind = find_checkpoint(path)
     if kind == "attnkit":
         from attnkit.train.checkpoint import load_model, tokenizer_dir
@@ -294,6 +314,29 @@ def read_run_info(ckpt: Path) -> dict[str, Any]:
             if isinstance(data, dict):
                 return data
     return {}
+
+
+def output_dir(path: str | Path, flag: str) -> Path:
+    """``path`` as an output directory (created later if missing); a one-line error when it,
+    or a folder above it, is an existing file."""
+    p = Path(path).expanduser()
+    for q in (p, *p.parents):
+        if q.exists():
+            if not q.is_dir():
+                fail(f"{flag} {p}: {'it' if q == p else q} is a file; {flag} must be a "
+                     "directory (it is created if missing)")
+            break
+    return p
+
+
+def output_file(path: str | Path, flag: str) -> Path:
+    """``path`` as an output file: a one-line error when it is an existing directory or a
+    folder above it is a file."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        fail(f"{flag} {p} is a directory: {flag} names the file to write")
+    output_dir(p.parent, f"{flag}'s folder")
+    return p
 
 
 def write_json(path: Path, data: Any) -> None:

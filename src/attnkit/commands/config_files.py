@@ -43,7 +43,8 @@ from typing import Any, Union
 from attnkit.commands.common import CliError
 
 __all__ = ["DataConfig", "TokenizerConfig", "RunConfig", "OBJECTIVES", "SECTIONS",
-           "load_config_file", "parse_set", "coerce", "coerce_fields", "field_types"]
+           "load_config_file", "parse_set", "coerce", "check_value", "coerce_fields",
+           "field_types"]
 
 OBJECTIVES = ("causal", "mlm", "seq2seq")
 SECTIONS = ("objective", "model_preset", "model", "train", "data", "tokenizer")
@@ -270,15 +271,74 @@ def coerce(text: str, tp: Any) -> Any:
     return _literal(text)
 
 
+def check_value(value: Any, tp: Any) -> Any:
+    """A typed value (from a TOML / JSON / YAML file) checked against ``tp`` the way
+    :func:`coerce` reads a string: ``ValueError`` with the same message when it is not one
+    (``true`` is no number, ``2.5`` no integer); ints become floats for float fields, lists
+    tuples for tuple fields."""
+    if tp is Any:
+        return value
+    args = _union_args(tp)
+    if args is not None:
+        if value is None and type(None) in args:
+            return None
+        for a in sorted((a for a in args if a is not type(None)),
+                        key=lambda a: {bool: 0, int: 1, float: 2, str: 9}.get(a, 5)):
+            try:
+                return check_value(value, a)
+            except ValueError:
+                continue
+        raise ValueError(f"expected {_type_name(tp)}, got {value!r}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ValueError(f"expected none, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"expected a boolean (true/false), got {value!r}")
+    if tp is int:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ValueError(f"expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ValueError(f"expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"expected a string, got {value!r}")
+    origin = typing.get_origin(tp)
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"expected a list, got {value!r}")
+        elems = typing.get_args(tp)
+        homogeneous = origin is list or (len(elems) == 2 and elems[1] is Ellipsis)
+        if origin is tuple and elems and not homogeneous and len(value) != len(elems):
+            raise ValueError(f"expected {len(elems)} values, got {value!r}")
+        items = [check_value(v, (elems[0] if homogeneous else elems[i]) if elems else Any)
+                 for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a mapping (a JSON object / TOML table), got {value!r}")
+        return value
+    return value
+
+
 def _valid_keys_error(what: str, unknown: list[str], valid: list[str]) -> CliError:
     return CliError(f"unknown [{what}] key{'s' if len(unknown) > 1 else ''} {unknown}; valid "
                     f"keys: {sorted(valid)}")
 
 
 def coerce_fields(cls: type, values: dict[str, Any], what: str) -> dict[str, Any]:
-    """Check ``values``' keys against ``cls``'s fields and type string values (from ``--set``
-    or a YAML file) by the field types; other values pass through (lists become tuples for
-    tuple fields)."""
+    """Check ``values``' keys against ``cls``'s fields, and every value against the field's
+    type: strings (``--set``, some YAML scalars) are parsed by :func:`coerce`, typed values
+    (TOML / JSON / YAML) checked by :func:`check_value` — one typed path, so a file and a flag
+    accept and reject the same values."""
     types_ = field_types(cls)
     unknown = sorted(set(values) - set(types_))
     if unknown:
@@ -291,13 +351,11 @@ def coerce_fields(cls: type, values: dict[str, Any], what: str) -> dict[str, Any
         if isinstance(v, str) and args is not None and bool in args and v.strip().lower() in (
                 "true", "false", "yes", "no"):  # bool | str (e.g. resume): the words are bools
             v = v.strip().lower() in ("true", "yes")
-        elif isinstance(v, str) and not want_str:
+        else:
             try:
-                v = coerce(v, tp)
+                v = coerce(v, tp) if isinstance(v, str) and not want_str else check_value(v, tp)
             except ValueError as e:
                 raise CliError(f"{what}.{k}: {e}") from None
-        elif isinstance(v, list) and typing.get_origin(tp) is tuple:
-            v = tuple(v)
         out[k] = v
     return out
 

@@ -22,7 +22,14 @@ from pathlib import Path
 
 import typer
 
-from attnkit.commands.common import checkpoint_kind, cli_errors, fail, find_checkpoint, human
+from attnkit.commands.common import (
+    checkpoint_kind,
+    cli_errors,
+    fail,
+    find_checkpoint,
+    human,
+    output_dir,
+)
 
 __all__ = ["convert_cmd"]
 
@@ -58,8 +65,8 @@ def convert_cmd(
         to = to or ("attnkit" if from_ == "hf" else "hf")
         if from_ == to:
             fail(f"--from {from_} --to {to}: nothing to convert (copy the directory instead)")
-        d = Path(dst).expanduser()
-        replace = d.exists() and (not d.is_dir() or any(d.iterdir()))
+        d = output_dir(dst, "destination")  # a file there is refused, never deleted
+        replace = d.exists() and any(d.iterdir())
         if replace:
             if not overwrite:
                 fail(f"destination {d} exists and is not empty; pass --overwrite to replace it")
@@ -70,7 +77,7 @@ def convert_cmd(
         # load and check everything first: a refused source leaves the destination as it was
         write = _hf_to_attnkit(s, d) if from_ == "hf" else _attnkit_to_hf(s, d)
         if replace:
-            shutil.rmtree(d) if d.is_dir() else d.unlink()
+            shutil.rmtree(d)
         message = write()
     typer.echo(message)
 

@@ -247,12 +247,20 @@ def evaluate_cmd(
         arch = lm.architecture
         tok = lm.tokenizer
         model = lm.model
+        if seq_len is not None and arch not in ("CausalLM", "BertForMaskedLM"):
+            fail(f"--seq-len sets the window of language-model evaluation; a {arch} reads "
+                 "whole examples")
         if arch in ("CausalLM", "BertForMaskedLM"):
             from attnkit.data import CausalLMBatches, MaskedLMBatches
 
+            cfg = model.config
+            limit = cfg.max_seq_len if arch == "CausalLM" else cfg.max_position
+            if seq_len is not None and not 1 <= seq_len <= limit:
+                fail(f"--seq-len {seq_len} is outside 1..{limit} (the model's "
+                     f"{'max_seq_len' if arch == 'CausalLM' else 'max_position'})")
             texts, where = _lm_texts(data, run)
             ids = _token_array(texts, tok)
-            cfg = model.config
+            lm.check_ids(ids, f"the evaluation text ({where})")
             if arch == "CausalLM":
                 L = seq_len or (run.get("data") or {}).get("seq_len") or cfg.max_seq_len
                 L = min(L, cfg.max_seq_len)

@@ -25,6 +25,7 @@ from typing import Any
 import typer
 
 from attnkit.commands.common import (
+    EXIT_INTERRUPTED,
     RUN_FILE,
     cli_errors,
     cpu_threads,
@@ -33,6 +34,7 @@ from attnkit.commands.common import (
     find_checkpoint,
     human,
     is_main,
+    output_dir,
     write_json,
 )
 from attnkit.commands.config_files import coerce_fields, load_config_file, parse_set
@@ -173,7 +175,7 @@ def _finetune(task: str, base: str, train_file: str, val_file: str | None, text_
         world = int(os.environ.get("WORLD_SIZE", "1"))
         tc_dist = train_over.get("distributed", "ddp" if world > 1 else "none")
         dist = D.init_distributed(tc_dist, train_over.get("device", device))
-        out_dir = Path(out or f"runs/finetune-{task}").expanduser()
+        out_dir = output_dir(out or f"runs/finetune-{task}", "--out")
 
         # data (the tokenizer of a preset base is trained on the training texts)
         from attnkit.data import (
@@ -279,9 +281,10 @@ def _finetune(task: str, base: str, train_file: str, val_file: str | None, text_
         summary = trainer.train()
     finally:
         trainer.close()
-    if not is_main():
-        return
-    _report(task, out_dir, summary, train_src, val_src, t0, val_file, train_file)
+    if is_main():
+        _report(task, out_dir, summary, train_src, val_src, t0, val_file, train_file)
+    if summary.interrupted:  # saved; 128 + SIGINT, as shells expect
+        raise typer.Exit(EXIT_INTERRUPTED)
 
 
 def _report(task: str, out_dir: Path, summary: Any, train_src: Any, val_src: Any | None,

@@ -22,7 +22,7 @@ import typer
 
 from attnkit.commands.common import CliError, cli_errors, cpu_threads, fail, load_any
 
-__all__ = ["generate_cmd", "generate_tokens", "sample_text"]
+__all__ = ["generate_cmd", "generate_tokens", "sample_text", "encode_prompt"]
 
 
 def _context_limit(model: Any) -> int | None:
@@ -104,6 +104,24 @@ def sample_text(model: Any, tokenizer: Any, prompt: str, *, max_new_tokens: int,
     return decode(out)
 
 
+def encode_prompt(lm: Any, text: str, allow_unknown: bool = False) -> list[int]:
+    """``text`` encoded by the checkpoint's tokenizer; a one-line error for text it does not
+    know (unless ``allow_unknown``: then it becomes the unknown token) and for ids beyond the
+    model's vocabulary (a tokenizer that belongs to another model)."""
+    tok = lm.tokenizer
+    unknown = tok.unknown(text)
+    if unknown and not allow_unknown:
+        shown = ", ".join(repr(u) for u in unknown[:12]) + (", ..." if len(unknown) > 12 else "")
+        what = "characters" if tok.kind == "char" else "pieces"
+        fail(f"the prompt has {len(unknown)} {what} the {tok.kind} tokenizer of {lm.path} does "
+             f"not know: {shown} ({tok.vocab_size} tokens, from its training corpus); remove "
+             f"them, or pass --allow-unknown to encode them as "
+             f"{tok.special_tokens.get('unk', 'the unknown token')!r}")
+    ids = tok.encode(text)
+    lm.check_ids(ids, "the prompt")
+    return ids
+
+
 def _start_id(tokenizer: Any) -> int:
     """The token a document starts after (the corpus separator), for an empty prompt."""
     for i in (tokenizer.end_id, tokenizer.bos_id, tokenizer.start_id):
@@ -141,6 +159,9 @@ def generate_cmd(
                                     help="Keep going past the end-of-document token."),
     no_stream: bool = typer.Option(False, "--no-stream", help="Print when done instead of "
                                    "streaming."),
+    allow_unknown: bool = typer.Option(False, "--allow-unknown", help="Encode prompt text the "
+                                       "tokenizer does not know (characters outside a char "
+                                       "vocabulary) as its unknown token instead of stopping."),
     device: str = typer.Option("cpu", help="Torch device, e.g. cpu or cuda."),
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads (0 = auto: fewer "
                                 "when other processes keep the cores busy)."),
@@ -152,13 +173,14 @@ def generate_cmd(
     prompts = list(prompts or [])
     with cpu_threads(threads, device):
         _generate(prompts, checkpoint, max_new_tokens, temperature, top_k, top_p, min_p,
-                  repetition_penalty, stop, seed, num_beams, ignore_eos, no_stream, device)
+                  repetition_penalty, stop, seed, num_beams, ignore_eos, no_stream, device,
+                  allow_unknown)
 
 
 def _generate(prompts: list[str], checkpoint: str, max_new_tokens: int, temperature: float,
               top_k: int, top_p: float | None, min_p: float | None, repetition_penalty: float,
               stop: list[str] | None, seed: int | None, num_beams: int, ignore_eos: bool,
-              no_stream: bool, device: str) -> None:
+              no_stream: bool, device: str, allow_unknown: bool) -> None:
     from attnkit.sampling import GenerationConfig
 
     with cli_errors():
@@ -203,7 +225,7 @@ def _generate(prompts: list[str], checkpoint: str, max_new_tokens: int, temperat
     if family == "causal_lm":
         texts = prompts or [""]
         with cli_errors():
-            ids = [tok.encode(t) or [_start_id(tok)] for t in texts]
+            ids = [encode_prompt(lm, t, allow_unknown) or [_start_id(tok)] for t in texts]
         streamer = None
         if stream:
             from attnkit.generate import stream_to_terminal
@@ -222,7 +244,8 @@ def _generate(prompts: list[str], checkpoint: str, max_new_tokens: int, temperat
 
         texts = prompts
         end = [] if tok.end_id is None else [tok.end_id]
-        rows = [tok.encode(t) + end for t in texts]
+        with cli_errors():
+            rows = [encode_prompt(lm, t, allow_unknown) + end for t in texts]
         L = max(len(r) for r in rows)
         src = pad_sequences(rows, L, cfg.pad_token_id).to(device)
         mask = pad_sequences([[1] * len(r) for r in rows], L, 0).to(device)

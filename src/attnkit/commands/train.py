@@ -1,5 +1,8 @@
 """``attnkit train``: corpus -> tokenizer -> token files -> model -> Trainer -> report + sample.
 
+Ctrl-C saves ``last/`` at the next step boundary and exits with status 130 (128 + SIGINT, what
+shells expect), so ``attnkit train && attnkit generate`` stops there.
+
 With no arguments: the ``char-gpt`` preset (character tokenizer, vocabulary from the corpus)
 on the built-in corpus (Python's documentation, split 90/10 by document), batch 12 x context
 64 for :data:`DEFAULT_STEPS` steps, then the validation loss / perplexity and a ~300-character
@@ -25,6 +28,7 @@ from typing import Any
 import typer
 
 from attnkit.commands.common import (
+    EXIT_INTERRUPTED,
     RUN_FILE,
     cli_errors,
     cpu_threads,
@@ -122,6 +126,8 @@ def train_cmd(
             trainer.close()
         if is_main():
             _report(res, prep, summary, t_start, sample_chars)
+    if summary.interrupted:  # saved; 128 + SIGINT, so `attnkit train && ...` stops here
+        raise typer.Exit(EXIT_INTERRUPTED)
 
 
 def _start(res: ResolvedRun, prep: Prepared, dist: Any, threads_note: str | None) -> None:
@@ -159,8 +165,9 @@ def _report(res: ResolvedRun, prep: Prepared, summary: Any, t_start: float,
     s = summary
     echo(f"{'interrupted' if s.interrupted else 'done'}: step {s.step} of {res.train.steps} "
          f"in {s.wall_s:.1f} s ({s.ms_per_iter:.0f} ms/step, {s.tokens_per_s:,.0f} tokens/s)")
-    if s.interrupted:
-        echo(f"continue with: attnkit train --resume --out {out}")
+    if s.interrupted:  # the user wants out: no full validation pass, no sample
+        echo(f"saved {out / 'last'}; continue with: attnkit train --resume --out {out}")
+        return
     model = load_model(out / "last")  # the final weights, whatever the wrapping was
     if prep.val_source is not None:
         m = lm_loss(model, prep.val_source)

@@ -15,6 +15,7 @@ from typing import Any
 from attnkit.commands.common import (
     RUN_FILE,
     fail,
+    output_dir,
 )
 from attnkit.commands.config_files import (
     OBJECTIVES,
@@ -159,7 +160,7 @@ def resolve_run(config_file: str | Path | Mapping[str, Any] | None = None,
     if out is None:
         name = preset or ("custom" if full_model else DEFAULT_PRESETS[obj_guess])
         out = str(Path("runs") / name)
-    out_dir = Path(out).expanduser()
+    out_dir = output_dir(out, "--out")
 
     # base: command defaults, or the saved run on --resume
     base = RunConfig(train=dict(TRAIN_DEFAULTS))

@@ -251,6 +251,15 @@ def prepare(res: ResolvedRun, dist: Any, *, data_dir: Path | None = None,
     arch = ARCHITECTURES[run.objective]
     if ckpt is not None:
         _check_resume(ckpt, cfg, arch)
+    if run.objective == "causal":
+        seq_len = run.data.seq_len or cfg.max_seq_len
+        if seq_len > cfg.max_seq_len:
+            fail(f"data.seq_len={seq_len} exceeds the model's max_seq_len={cfg.max_seq_len}")
+    else:
+        seq_len = run.data.seq_len or min(128, cfg.max_position)
+        if seq_len > cfg.max_position:
+            fail(f"data.seq_len={seq_len} exceeds the model's max_position={cfg.max_position}")
+    _check_memory(run, cfg, arch, tc, seq_len, dist)
     rng.seed_everything(tc.seed)  # the initial weights follow the seed (DDP: rank 0's)
     model = build_model(cfg, arch)
 
@@ -268,17 +277,9 @@ def prepare(res: ResolvedRun, dist: Any, *, data_dir: Path | None = None,
         val_tf = TokenFile.open(data_dir / "val.bin", tok) if val_docs else None
 
     if run.objective == "causal":
-        seq_len = run.data.seq_len or cfg.max_seq_len
-        if seq_len > cfg.max_seq_len:
-            fail(f"data.seq_len={seq_len} exceeds the model's max_seq_len={cfg.max_seq_len}")
-
         def source(tf: Any, **kw: Any) -> Any:
             return CausalLMBatches(tf, tc.batch_size, seq_len, tc.seed, **kw)
     else:
-        seq_len = run.data.seq_len or min(128, cfg.max_position)
-        if seq_len > cfg.max_position:
-            fail(f"data.seq_len={seq_len} exceeds the model's max_position={cfg.max_position}")
-
         def source(tf: Any, **kw: Any) -> Any:
             return MaskedLMBatches(tf, tok, tc.batch_size, seq_len, tc.seed,
                                    mlm_probability=run.data.mlm_probability, **kw)
@@ -353,6 +354,7 @@ def _prepare_seq2seq(res: ResolvedRun, dist: Any, tok: Any, ckpt: Path | None,
     cfg = model_config(run, tok)
     if ckpt is not None:
         _check_resume(ckpt, cfg, "Seq2SeqLM")
+    _check_memory(run, cfg, "Seq2SeqLM", tc, max(d.max_source_len, d.max_target_len), dist)
     rng.seed_everything(tc.seed)
     model = build_model(cfg, "Seq2SeqLM")
     kw = dict(max_source_len=d.max_source_len, max_target_len=d.max_target_len,
@@ -369,6 +371,18 @@ def _prepare_seq2seq(res: ResolvedRun, dist: Any, tok: Any, ckpt: Path | None,
     ]
     sample = (val_pairs or train_pairs)[0][0]
     return Prepared(tok, model, train_src, val_src, describe, None, sample)
+
+
+def _check_memory(run: RunConfig, cfg: Any, arch: str, tc: Any, seq_len: int, dist: Any
+                  ) -> None:
+    """Refuse, before allocating anything, a run whose weights, optimizer state and
+    activations (:func:`attnkit.memory.check_training`) cannot fit on the device."""
+    from attnkit.memory import check_training
+
+    given = ", ".join(f"model.{k}={v!r}" for k, v in run.model.items()) or \
+        f"preset {run.model_preset}"
+    check_training(cfg, arch, batch=tc.batch_size, seq_len=seq_len, device=dist.device,
+                   settings=given)
 
 
 def _plural(n: int, word: str) -> str:

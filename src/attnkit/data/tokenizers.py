@@ -96,6 +96,16 @@ class Tokenizer(ABC):
         """Ids and each token's ``(start, end)`` character span in ``text``."""
         raise NotImplementedError(f"{type(self).__name__} does not provide offsets")
 
+    def unknown(self, text: str) -> list[str]:
+        """The pieces of ``text`` that encode to the unknown token (distinct, in order of
+        appearance); ``[]`` for a tokenizer without one (byte-level BPE knows every byte)."""
+        unk = self.unk_id
+        if unk is None:
+            return []
+        ids, offsets = self.encode_with_offsets(text)
+        return list(dict.fromkeys(text[a:b] for i, (a, b) in zip(ids, offsets, strict=True)
+                                  if i == unk))
+
     # ---- special tokens -----------------------------------------------------------------
     @functools.cached_property
     def special_ids(self) -> dict[str, int]:
@@ -238,6 +248,10 @@ class CharTokenizer(Tokenizer):
 
     def encode_with_offsets(self, text: str) -> tuple[list[int], Offsets]:
         return self.encode(text), [(i, i + 1) for i in range(len(text))]
+
+    def unknown(self, text: str) -> list[str]:
+        index = self._index
+        return [c for c in dict.fromkeys(text) if c not in index]
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         n = len(self.vocab)

@@ -31,8 +31,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
+
+from attnkit.jsonconfig import read_json
+from attnkit.tensor_files import read_safetensors
 
 __all__ = [
     "CONFIG_NAME", "WEIGHTS_NAME", "INDEX_NAME", "read_config", "load_state", "drop_keys",
@@ -58,19 +61,16 @@ def read_config(directory: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ValueError(f"no {CONFIG_NAME} in {directory}; expected a Hugging Face checkpoint "
                          f"directory (config.json + model.safetensors)")
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(cfg).__name__}")
-    return cfg
+    return read_json(path)
 
 
 def _shard_files(directory: Path) -> list[Path]:
     """Shard files named by ``model.safetensors.index.json``, which must stay in ``directory``."""
-    index = json.loads((directory / INDEX_NAME).read_text())
-    names = sorted(set(index.get("weight_map", {}).values()))
+    index = read_json(directory / INDEX_NAME)
+    if not isinstance(index.get("weight_map", {}), dict):
+        raise ValueError(f"{directory / INDEX_NAME}: 'weight_map' must map tensor names to "
+                         "shard files")
+    names = sorted(set(map(str, index.get("weight_map", {}).values())))
     if not names:
         raise ValueError(f"{directory / INDEX_NAME} has an empty weight_map")
     for n in names:
@@ -85,13 +85,13 @@ def load_state(directory: str | Path) -> dict[str, Tensor]:
     (on CPU, in their stored dtype). Never unpickles anything."""
     d = Path(directory)
     if (d / WEIGHTS_NAME).is_file():
-        return load_file(d / WEIGHTS_NAME)
+        return read_safetensors(d / WEIGHTS_NAME)[0]
     if (d / INDEX_NAME).is_file():
         state: dict[str, Tensor] = {}
         for f in _shard_files(d):
             if not f.is_file():
                 raise ValueError(f"shard {f.name} listed in {INDEX_NAME} is missing from {d}")
-            part = load_file(f)
+            part = read_safetensors(f)[0]
             dup = sorted(set(part) & set(state))
             if dup:
                 raise ValueError(f"tensors {dup[:_MAX_LISTED]} appear in more than one shard")

@@ -41,11 +41,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from attnkit.jsonconfig import read_json
 from attnkit.models.registry import architecture_of, build_model
+from attnkit.tensor_files import CheckpointError, read_safetensors
 from attnkit.train import optim_state, rng
 
 __all__ = [
@@ -59,10 +60,6 @@ FORMAT_VERSION = 1
 CONFIG, WEIGHTS, OPTIMIZER = "config.json", "model.safetensors", "optimizer.safetensors"
 TRAINER_STATE, METRICS, TOKENIZER = "trainer_state.json", "metrics.jsonl", "tokenizer"
 _TIED_KEY = "attnkit.tied"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is incomplete, corrupt, or does not match the model it is loaded into."""
 
 
 # ---- atomic directory writes -----------------------------------------------------------------
@@ -142,21 +139,13 @@ def _read_json(path: Path) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file missing: {path}")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: corrupt JSON ({e})") from e
+        return read_json(path, kind=None)
+    except ValueError as e:
+        raise CheckpointError(f"corrupt checkpoint: {e}") from None
 
 
 def _read_safetensors(path: Path, device: str = "cpu") -> tuple[dict[str, Tensor], dict[str, str]]:
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file missing: {path}")
-    try:
-        with safe_open(str(path), framework="pt", device=device) as f:
-            meta = f.metadata() or {}
-            return {k: f.get_tensor(k) for k in f.keys()}, meta
-    except Exception as e:  # safetensors raises its own error types for truncated/garbled files
-        raise CheckpointError(f"{path}: corrupt or unreadable safetensors file "
-                              f"({type(e).__name__}: {e})") from e
+    return read_safetensors(path, device)
 
 
 def _to_plain(obj: Any) -> Any:

@@ -34,7 +34,8 @@ from torch import Tensor, nn
 
 from attnkit.train.optim_state import load_optimizer_state, optimizer_state_by_name
 
-__all__ = ["DistInfo", "resolve_device", "init_distributed", "wrap_model", "unwrap",
+__all__ = ["DistInfo", "resolve_device", "available_devices", "init_distributed", "wrap_model",
+           "unwrap",
            "full_model_state", "full_optimizer_state", "load_full_optimizer_state",
            "all_reduce_sum", "all_gather_object", "barrier", "grad_sync", "cleanup"]
 
@@ -59,13 +60,41 @@ class DistInfo:
 
 def resolve_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
     """``"auto"``: ``cuda:LOCAL_RANK`` if CUDA is available, else CPU; ``"cuda"`` gets the
-    local rank's index; anything else is passed to :class:`torch.device`."""
+    local rank's index; anything else is passed to :class:`torch.device`. A device this
+    machine does not have (``cuda`` without CUDA, ``cuda:3`` with two GPUs, ``mps`` off a
+    Mac) is a ``ValueError`` that lists the devices it has."""
     if spec == "auto":
         spec = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(spec)
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {spec!r} is not a device name; valid here: "
+                         f"{', '.join(available_devices())}") from None
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", local_rank)
+    usable = {"cpu": True, "meta": True,
+              "cuda": torch.cuda.is_available() and (dev.index or 0) < torch.cuda.device_count(),
+              "mps": torch.backends.mps.is_available(),
+              "xpu": hasattr(torch, "xpu") and torch.xpu.is_available()}.get(dev.type, True)
+    if not usable:
+        why = (f"this machine has {torch.cuda.device_count()} CUDA device(s)"
+               if dev.type == "cuda" and torch.cuda.is_available()
+               else f"no {dev.type.upper()} device is available"
+               + (f" (this torch {torch.__version__} is built without CUDA)"
+                  if dev.type == "cuda" and torch.version.cuda is None else ""))
+        raise ValueError(f"device {spec!r}: {why}; valid here: "
+                         f"{', '.join(available_devices())}")
     return dev
+
+
+def available_devices() -> list[str]:
+    """The ``--device`` values this machine can run: ``auto``, ``cpu``, ``cuda[:N]``, ``mps``."""
+    out = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        out += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        out.append("mps")
+    return out
 
 
 def init_distributed(mode: str = "ddp", device: str = "auto") -> DistInfo:

@@ -48,9 +48,12 @@ from attnkit.train import distributed as D
 from attnkit.train import rng
 from attnkit.train.checkpoint import (
     METRICS,
+    TRAINER_STATE,
+    CheckpointError,
     load_training_state,
     read_config,
     read_optimizer_state,
+    read_trainer_state,
     resolve_checkpoint,
     save_checkpoint,
 )
@@ -127,6 +130,42 @@ class _StopRequest:
             signal.signal(signal.SIGINT, self._prev)
 
 
+# trainer_state.json as save() writes it: field -> (accepted types, required)
+_STATE_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
+    "step": ((int,), True), "tokens_seen": ((int,), True), "rng": ((dict,), True),
+    "data": ((dict,), True), "scheduler": ((dict,), True), "loss_count": ((int,), False),
+    "loss_sum": ((int, float), False), "best_val_loss": ((int, float, type(None)), False),
+    "last_val_loss": ((int, float, type(None)), False),
+    "last_train_loss": ((int, float, type(None)), False),
+    "val_data": ((dict, type(None)), False), "scaler": ((dict, type(None)), False),
+    "rng_ranks": ((list, type(None)), False),
+}
+
+
+def _check_state(state: Any, path: Path) -> None:
+    """``CheckpointError`` naming the first field of ``trainer_state.json`` that is missing or
+    of the wrong type (counts must be ints >= 0)."""
+    def bad(msg: str) -> CheckpointError:
+        return CheckpointError(f"{path}: {msg} (edited or corrupt; resume from another "
+                               "checkpoint or train without --resume)")
+
+    if not isinstance(state, dict):
+        raise bad(f"must hold a JSON object, got {type(state).__name__}")
+    for name, (types, required) in _STATE_FIELDS.items():
+        if name not in state:
+            if required:
+                raise bad(f"field {name!r} is missing")
+            continue
+        v = state[name]
+        counts = types == (int,)
+        if (isinstance(v, bool) and bool not in types) or not isinstance(v, types) or (
+                counts and v < 0):
+            want = "an int >= 0" if counts else " or ".join(
+                {dict: "a JSON object", list: "a list", int: "a number", float: "a number",
+                 type(None): "null"}[t] for t in types if t is not float)
+            raise bad(f"field {name!r} must be {want}, got {v!r}")
+
+
 class Trainer:
     """Trains ``model`` (unwrapped, on any device: it is moved) on ``train_source``."""
 
@@ -188,6 +227,7 @@ class Trainer:
         if changed and self.dist.is_main:
             warnings.warn("resuming with a different training config: " + ", ".join(
                 f"{k} {saved[k]!r} -> {mine[k]!r}" for k in changed), stacklevel=3)
+        _check_state(read_trainer_state(path), path / TRAINER_STATE)
         state = load_training_state(path, self.raw_model, None, self.scheduler,
                                     restore_rng=False, load_model_weights=False)
         D.load_full_optimizer_state(self.model, self.optimizer, read_optimizer_state(path))

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from attnkit.commands.common import EXIT_USAGE, cli_errors, output_dir, output_file
+
 if TYPE_CHECKING:
     from attnkit.viz.result import AttentionCapture
 
@@ -31,9 +33,10 @@ app = typer.Typer(name="viz", help="Visualise attention: figures, HTML snapshots
 DEFAULT_TEXT = "The quick brown fox jumps over the lazy dog."
 
 
-def _fail(msg: str, code: int = 1) -> typer.Exit:
+def _fail(msg: str) -> typer.Exit:
+    """The commands' one-line error and exit code 2 (see :mod:`attnkit.commands.common`)."""
     typer.echo(f"error: {msg}", err=True)
-    return typer.Exit(code)
+    return typer.Exit(EXIT_USAGE)
 
 
 @app.callback(invoke_without_command=True)
@@ -74,13 +77,17 @@ def viz(
         return
     if checkpoint is None:
         typer.echo(ctx.get_help())
-        raise _fail("--checkpoint DIR is required", 2)
+        raise _fail("--checkpoint DIR is required")
     if svg and png is None:
-        raise _fail("--svg goes with --png OUT_DIR", 2)
+        raise _fail("--svg goes with --png OUT_DIR")
 
     from attnkit.viz.capture import capture
     from attnkit.viz.loading import load_for_viz
 
+    with cli_errors():  # outputs first: nothing is computed for a path that cannot be written
+        png = None if png is None else output_dir(png, "--png")
+        html = None if html is None else output_file(html, "--html")
+        json_out = None if json_out is None else output_file(json_out, "--json")
     try:
         model, tok = load_for_viz(checkpoint)
         if tok is None:
@@ -96,8 +103,9 @@ def viz(
             raise ValueError(f"--layer {layer} / --head {head} out of range: {kind} attention "
                              f"has {n_layers} layers and {n_heads} heads")
         layer, head = layer % n_layers, head % n_heads
-    except (FileNotFoundError, ValueError, TypeError) as e:
-        raise _fail(str(e)) from None
+    except (FileNotFoundError, NotADirectoryError, PermissionError, ValueError,
+            TypeError) as e:
+        raise _fail(" ".join(str(e).split())) from None
 
     _summary(cap, kind, layer, head)
     if png is not None:

@@ -18,13 +18,13 @@ The tokenizer is looked for in the checkpoint's recorded tokenizer directory (at
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from attnkit.data.tokenizers import TOKENIZER_FILE, Tokenizer, load_tokenizer
+from attnkit.jsonconfig import read_json
 
 __all__ = ["load_for_viz", "checkpoint_kind"]
 
@@ -32,13 +32,7 @@ _NO_TOKENIZER_FAMILIES = ("vit",)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e.msg})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return data
+    return read_json(path)
 
 
 def checkpoint_kind(directory: str | Path) -> str:

@@ -58,5 +58,5 @@ def serve_command(
         serve(str(checkpoint), host=host, port=port, allowed_hosts=allow_host or [],
               max_chars=max_chars, max_tokens=max_tokens, memory_budget=memory_budget * 2**20)
     except (FileNotFoundError, ValueError) as e:
-        typer.echo(f"error: {e}", err=True)
+        typer.echo(f"error: {' '.join(str(e).split())}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
