@@ -105,10 +105,12 @@ def nonempty_ids(name: str, ids: Any) -> Tensor:
 
 
 def token_ids(ids: Tensor, vocab_size: int, *, name: str = "input_ids",
-              ignore: int | None = None, source: str = "the model's config") -> None:
+              ignore: int | None = None, size_name: str = "vocab_size") -> None:
     """Every id of ``ids`` in ``0 .. vocab_size - 1`` (``ignore``, e.g. -100 in labels, also
-    allowed); else a ``ValueError`` naming the largest (or smallest) offending id, the
-    vocabulary size and where it comes from. One host sync (``aminmax``)."""
+    allowed); else a ``ValueError`` naming the largest (or smallest) offending id and the
+    valid range. One host sync (``aminmax``). ``size_name``: the config field of the range
+    (``type_vocab_size``, ``num_labels``); for ``vocab_size`` the message adds that the ids
+    come from another tokenizer."""
     if not ids.numel():
         return
     t = ids if ignore is None else ids[ids != ignore]
@@ -119,10 +121,11 @@ def token_ids(ids: Tensor, vocab_size: int, *, name: str = "input_ids",
         return
     bad = hi if hi >= vocab_size else lo
     also = f" or {ignore} (ignored)" if ignore is not None else ""
-    raise ValueError(
-        f"{name} holds token id {bad}, but the vocabulary of {source} has vocab_size="
-        f"{vocab_size} (valid ids: 0..{vocab_size - 1}{also}); the ids were made by another "
-        f"tokenizer than the one this model was built for")
+    why = ("; the ids were made by another tokenizer than the one this model was built for"
+           if size_name == "vocab_size" else "")
+    raise ValueError(f"{name} holds {'token ' if size_name == 'vocab_size' else ''}id {bad}, "
+                     f"but the model's config has {size_name}={vocab_size} (valid: "
+                     f"0..{vocab_size - 1}{also}){why}")
 
 
 def finite(name: str, t: Tensor, *, where: str) -> None:

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnkit.attention import attend, explain, masks
+from attnkit.attention import (
+    AdditiveAttention,
+    CosineAttention,
+    MultiHeadAttention,
+    attend,
+    explain,
+    masks,
+)
 
 BACKENDS = ["auto", "math", "sdpa", "flex", "blocked", "linear"]
 MASKS = {"none": None, "causal": masks.causal(), "window": masks.sliding_window(2, 1)}
@@ -63,6 +70,15 @@ def test_empty_inputs_keep_the_autograd_graph_and_weights():
 def test_explain_says_how_empty_inputs_are_served():
     q, k, v = qkv(1, 3, 0)
     assert explain(q, k, v).backend == "math" and "empty" in explain(q, k, v).why
+
+
+def test_modules_follow_the_same_empty_rules():
+    """MultiHeadAttention with no tokens, additive / cosine attention with no keys."""
+    mha = MultiHeadAttention(8, 2)
+    assert mha(torch.randn(2, 0, 8)).shape == (2, 0, 8)
+    q, k, v = qkv(1, 3, 0, hq=2, hkv=2, dv=8)
+    assert torch.equal(AdditiveAttention(8, 4)(q, k, v), torch.zeros(1, 2, 3, 8))
+    assert torch.equal(CosineAttention(2)(q, k, v), torch.zeros(1, 2, 3, 8))
 
 
 # ---- windows wider than the sequence --------------------------------------------------------

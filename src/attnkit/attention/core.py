@@ -37,7 +37,7 @@ from attnkit.attention.masks import Mask
 from attnkit.attention.score_mods import ScoreMod
 from attnkit.validate import finite, flag
 
-__all__ = ["attend", "explain", "Request", "Decision", "MaskArg"]
+__all__ = ["attend", "explain", "check_qkv", "Request", "Decision", "MaskArg"]
 
 MaskArg = Mask | Tensor | None
 
@@ -103,7 +103,10 @@ class Decision:
 # ---- validation --------------------------------------------------------------------------
 
 
-def _validate(q: Tensor, k: Tensor, v: Tensor, mask: MaskArg, score_mod, scale, dropout_p) -> None:
+def check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
+    """q ``(B, Hq, Lq, D)``, k ``(B, Hkv, Lk, D)``, v ``(B, Hkv, Lk, Dv)`` floating tensors on
+    one device with one dtype and ``Hq % Hkv == 0``; else an error naming the shapes. Shared
+    by every attention function that takes heads."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -134,6 +137,12 @@ def _validate(q: Tensor, k: Tensor, v: Tensor, mask: MaskArg, score_mod, scale, 
         raise TypeError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k, v devices differ: {q.device}, {k.device}, {v.device}")
+
+
+def _validate(q: Tensor, k: Tensor, v: Tensor, mask: MaskArg, score_mod, scale, dropout_p) -> None:
+    check_qkv(q, k, v)
+    B, Hq, Lq, _ = q.shape
+    Lk = k.shape[2]
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
     if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale)):

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnkit.attention.backends.common import repeat_kv
+from attnkit.attention.core import check_qkv
 
 __all__ = [
     "FeatureMap",
@@ -253,6 +254,7 @@ def linear_attention(q: Tensor, k: Tensor, v: Tensor, *, feature_map: FeatureMap
     Returns:
         ``(B, Hq, Lq, Dv)`` in ``q``'s dtype.
     """
+    check_qkv(q, k, v)
     fm = EluFeatureMap() if feature_map is None else feature_map
     C = DEFAULT_CHUNK if chunk_size is None else int(chunk_size)
     if C < 1:

@@ -21,11 +21,13 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from attnkit.attention import backends
 from attnkit.attention.backends.sdpa_backend import scaled_dot_product
 from attnkit.attention.cache import KVCache, SlidingWindowCache
 from attnkit.attention.core import MaskArg, attend
 from attnkit.attention.masks import Mask
 from attnkit.attention.score_mods import ScoreMod
+from attnkit.validate import fraction, number, one_of, positive_int
 
 __all__ = ["MultiHeadAttention", "RopeFn"]
 
@@ -33,6 +35,18 @@ __all__ = ["MultiHeadAttention", "RopeFn"]
 # (CausalLM passes its default positions as a ``range``; RotaryEmbedding takes both.)
 RopeFn = Callable[[Tensor, Tensor, Tensor | range], tuple[Tensor, Tensor]]
 Cache = KVCache | SlidingWindowCache
+
+
+def _check_input(name: str, x: Tensor, width: int, batch: int | None = None) -> None:
+    """``x`` is a floating ``(B, L, width)`` tensor (shape checks only: no host sync)."""
+    if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != width or (
+            batch is not None and x.shape[0] != batch):
+        b = "B" if batch is None else f"B={batch}"
+        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"{name} must be ({b}, L, {width}), got {got}")
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating-point tensor (hidden states), got "
+                        f"{x.dtype}; token ids go through an embedding first")
 
 
 class MultiHeadAttention(nn.Module):
@@ -71,6 +85,12 @@ class MultiHeadAttention(nn.Module):
         backend: str = "auto",
     ):
         super().__init__()
+        positive_int("d_model", d_model)
+        one_of("backend", backend, ("auto", *backends.NAMES))
+        fraction("attn_dropout", attn_dropout)
+        fraction("resid_dropout", resid_dropout)
+        if scale is not None:
+            number("scale", scale, low=0.0, low_open=True)
         self.backend = backend
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
         if n_heads < 1 or n_kv_heads < 1:
@@ -107,8 +127,8 @@ class MultiHeadAttention(nn.Module):
     @staticmethod
     def _split(t: Tensor, heads: int) -> Tensor:
         """(B, L, heads·Dh) -> (B, heads, L, Dh)"""
-        B, L, _ = t.shape
-        return t.view(B, L, heads, -1).transpose(1, 2)
+        B, L, F = t.shape
+        return t.view(B, L, heads, F // heads).transpose(1, 2)
 
     @staticmethod
     def _merge(t: Tensor) -> Tensor:
@@ -162,6 +182,7 @@ class MultiHeadAttention(nn.Module):
         Returns:
             ``out (B, L, d_model)``, or ``(out, weights (B, H, Lq, Lk))``.
         """
+        _check_input("x", x, self.d_model)
         B, L, _ = x.shape
         if self.is_cross:
             if rope is not None:
@@ -175,6 +196,7 @@ class MultiHeadAttention(nn.Module):
                 return self._attend(q, k, v, mask, score_mod, return_weights, backend)
             if context is None:
                 raise ValueError("cross-attention needs context=(B, Lc, context_dim)")
+            _check_input("context", context, self.kv_proj.in_features, batch=B)
             k, v = self.kv_proj(context).chunk(2, dim=-1)  # 2 × (B, Lc, Hkv·Dh)
         else:
             if context is not None:

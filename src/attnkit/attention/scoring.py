@@ -121,10 +121,12 @@ def _allowed(mask: Mask | Tensor | None, B: int, H: int, Lq: int, Lk: int, *, ba
 
 def _masked_softmax(scores: Tensor, allowed: Tensor | None) -> Tensor:
     """Softmax over the last dim in fp32 with the math backend's semantics: masked → -inf,
-    a row with every key masked → all-zero probabilities (not NaN)."""
+    a row with every key masked (or no keys, ``Lk = 0``) → all-zero probabilities (not NaN)."""
     s = scores.float()
     if allowed is not None:
         s = s.masked_fill(~allowed, float("-inf"))
+    if s.shape[-1] == 0:
+        return s
     row_max = s.amax(dim=-1, keepdim=True)
     row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
     e = torch.exp(s - row_max)

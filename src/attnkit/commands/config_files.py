@@ -195,8 +195,16 @@ def _literal(text: str) -> Any:
         return text
 
 
+_PHRASES = {bool: "a boolean (true/false)", int: "an integer", float: "a number",
+            str: "a string", type(None): "none"}
+
+
 def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+    """``int | None`` -> ``"an integer or none"`` (what a value must be, in words)."""
+    args = _union_args(tp)
+    if args is not None:
+        return " or ".join(_type_name(a) for a in args)
+    return _PHRASES.get(tp) or getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
 def coerce(text: str, tp: Any) -> Any:

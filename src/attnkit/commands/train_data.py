@@ -170,7 +170,11 @@ def model_config(run: RunConfig, tok: Any) -> Any:
     if missing:
         fail(f"[model] is missing {missing} (or name a model_preset; valid: "
              f"{', '.join(sorted(cls.presets))})")
-    return cls.from_dict(fields)
+    try:
+        return cls.from_dict(fields)
+    except ValueError as e:
+        fail(f"model config ({run.model_preset or 'custom'} with {run.model or 'no changes'}): "
+             f"{e}")
 
 
 def _check_resume(ckpt: Path, cfg: Any, architecture: str) -> None:

@@ -224,7 +224,7 @@ class BertModel(nn.Module):
             token_ids(input_ids, cfg.vocab_size)
             if token_type_ids is not None:
                 token_ids(token_type_ids, cfg.type_vocab_size, name="token_type_ids",
-                          source="the token types (type_vocab_size)")
+                          size_name="type_vocab_size")
         if attention_mask is not None and attention_mask.shape != input_ids.shape:
             raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids "
                              f"shape {tuple(input_ids.shape)}")
@@ -341,8 +341,7 @@ class BertForSequenceClassification(_BertHead):
 
     def _check_labels(self, labels: Tensor) -> None:
         if self.config.num_labels > 1:
-            token_ids(labels, self.config.num_labels, name="labels",
-                      source="the classifier (num_labels)")
+            token_ids(labels, self.config.num_labels, name="labels", size_name="num_labels")
 
     def _logits(self, o: BertOutput) -> Tensor:
         return self.classifier(self.drop(o.pooler_output))
