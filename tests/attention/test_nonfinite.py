@@ -161,6 +161,24 @@ def test_multihead_attention_fast_path_propagates():
             assert y_ref.isnan().all() and y.isnan().all()
 
 
+def test_decoding_with_a_cache_propagates_a_nan_key():
+    """Decoding one token at a time checks only each step's new keys (the cache remembers a
+    bad one): a NaN key written at step 3 reaches every later step (steps 0-2 never see it)."""
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(32, 4, 2).eval()
+    x = torch.randn(1, 24, 32)
+    x[0, 3, 5] = float("nan")  # token 3's q, k and v are NaN
+    with torch.no_grad():
+        cache = mha.new_cache(1, 24)
+        steps = [mha(x[:, i:i + 1], mask=masks.causal(), cache=cache) for i in range(24)]
+        clean = mha(x[:, :3], mask=masks.causal())
+    got = torch.cat(steps, dim=1)
+    assert cache.nonfinite and got[0, 3:].isnan().all()
+    torch.testing.assert_close(got[:, :3], clean, atol=1e-5, rtol=1e-5)
+    cache.reset()
+    assert not cache.nonfinite
+
+
 def test_gradients_still_flow_through_the_guarded_path():
     q, k, v = (t.requires_grad_() for t in inputs())
     out = attend(q, k, v, mask=masks.causal())

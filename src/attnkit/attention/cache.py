@@ -45,6 +45,9 @@ class _CacheBase:
         self.k = torch.zeros(batch, n_kv_heads, capacity, head_dim, dtype=dtype, device=device)
         self.v = torch.zeros(batch, n_kv_heads, capacity, self.v_dim, dtype=dtype, device=device)
         self.pos = 0  # absolute position of the next token
+        # True once a NaN/inf key was written (MultiHeadAttention tracks it on the CPU, so a
+        # decoding step checks only its new keys for the NaN guard of scaled_dot_product)
+        self.nonfinite = False
 
     def _check(self, k_new: Tensor, v_new: Tensor) -> int:
         want_k = (self.batch, self.n_kv_heads, self.head_dim)
@@ -70,6 +73,7 @@ class _CacheBase:
     def reset(self) -> None:
         """Forget everything (buffers are kept, the counter goes back to 0)."""
         self.pos = 0
+        self.nonfinite = False
 
     def __len__(self) -> int:
         return self.pos

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from attnkit.attention import backends
-from attnkit.attention.backends.sdpa_backend import scaled_dot_product
+from attnkit.attention.backends.sdpa_backend import all_finite, on_cpu_eager, scaled_dot_product
 from attnkit.attention.cache import KVCache, SlidingWindowCache
 from attnkit.attention.core import MaskArg, attend
 from attnkit.attention.masks import Mask
@@ -193,7 +193,8 @@ class MultiHeadAttention(nn.Module):
             q = self._split(self.q_proj(x), self.n_heads)  # (B, H, L, Dh)
             if cache is not None and cache.pos > 0:  # context already projected and cached
                 k, v = cache.k[:, :, :cache.pos], cache.v[:, :, :cache.pos]
-                return self._attend(q, k, v, mask, score_mod, return_weights, backend)
+                return self._attend(q, k, v, mask, score_mod, return_weights, backend,
+                                    keys_finite=not cache.nonfinite)
             if context is None:
                 raise ValueError("cross-attention needs context=(B, Lc, context_dim)")
             _check_input("context", context, self.kv_proj.in_features, batch=B)
@@ -213,27 +214,38 @@ class MultiHeadAttention(nn.Module):
                 start = cache.pos if cache is not None else 0
                 positions = torch.arange(start, start + L, device=x.device)
             q, k = rope(q, k, positions)
+        keys_finite = False
         if cache is not None:
+            if on_cpu_eager(k) and not cache.nonfinite and not all_finite(k):
+                cache.nonfinite = True  # sticky: each step checks only its own new keys
             k, v = cache.update(k, v)  # (B, Hkv, Lcached + L, Dh)
+            keys_finite = not cache.nonfinite
 
-        return self._attend(q, k, v, mask, score_mod, return_weights, backend)
+        return self._attend(q, k, v, mask, score_mod, return_weights, backend,
+                            keys_finite=keys_finite)
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: MaskArg, score_mod: ScoreMod | None,
-                return_weights: bool, backend: str | None) -> Tensor | tuple[Tensor, Tensor]:
-        """Heads ``(B, H, Lq, Dh)`` × ``(B, Hkv, Lk, Dh)`` -> merged, projected ``(B, Lq, d)``."""
+                return_weights: bool, backend: str | None, *, keys_finite: bool = False
+                ) -> Tensor | tuple[Tensor, Tensor]:
+        """Heads ``(B, H, Lq, Dh)`` × ``(B, Hkv, Lk, Dh)`` -> merged, projected ``(B, Lq, d)``.
+        ``keys_finite``: every key is known to be finite (a cache that tracked them)."""
         if backend is None:
             backend = "auto" if return_weights else self.backend
         dropout_p = self.attn_dropout if self.training else 0.0
+        Lq, Lk = q.shape[2], k.shape[2]
         if (backend == "auto" and score_mod is None and not return_weights
                 and 0.0 <= dropout_p < 1.0 and q.dtype == k.dtype == v.dtype
                 and (mask is None or (isinstance(mask, Mask) and mask.kind == "causal"
-                                      and q.shape[2] == k.shape[2]))):
+                                      and (Lq == Lk or Lq == 1)))):
             # What attend(backend="auto") does for these calls (its sdpa backend, is_causal),
             # without its per-call validation and dispatch: the heads come from this module's
-            # own projections, so the checks cannot fail.
+            # own projections, so the checks cannot fail. One query decoding with a cache sees
+            # every key (bottom-right causal): no mask at all.
             scale = 1.0 / math.sqrt(q.shape[-1]) if self.scale is None else float(self.scale)
-            o = scaled_dot_product(q, k, v, dropout_p=dropout_p, is_causal=mask is not None,
-                                   scale=scale)
+            known = keys_finite and on_cpu_eager(q) and all_finite(q)  # q: this step's tokens
+            o = scaled_dot_product(q, k, v, dropout_p=dropout_p,
+                                   is_causal=mask is not None and Lq == Lk > 1, scale=scale,
+                                   known_finite=known)
             return self.resid_drop(self.out_proj(self._merge(o)))
         res = attend(q, k, v, mask=mask, score_mod=score_mod, scale=self.scale,
                      dropout_p=dropout_p, backend=backend, return_weights=return_weights)
