@@ -30,6 +30,7 @@ from attnkit.interop.hf import load_hf
 from attnkit.models import BertConfig, BertForMaskedLM, CausalLM, CausalLMConfig, Seq2SeqConfig
 from attnkit.models.registry import build_model
 from attnkit.models.seq2seq import Seq2SeqLM
+from attnkit.models.vit import ViTConfig, ViTForImageClassification
 from attnkit.sampling import GenerationConfig
 from attnkit.train.checkpoint import load_model, save_checkpoint
 from attnkit.train.config import TrainConfig
@@ -144,6 +145,13 @@ def edit_model_config(**changes: Any) -> Callable[[Path], None]:
     return edit
 
 
+def _no_validation_split(f: Path) -> None:
+    """The run's settings as if it had trained on every document."""
+    d = json.loads(f.read_text())
+    d["data"]["val_fraction"] = 0.0
+    f.write_text(json.dumps(d))
+
+
 def tiny_lm(**kw: Any) -> CausalLM:
     return CausalLM(CausalLMConfig(**{**dict(vocab_size=50, max_seq_len=16, d_model=16,
                                              n_layers=1, n_heads=2), **kw})).eval()
@@ -253,6 +261,10 @@ CASES = [
     A("bert-token-type-out-of-range", lambda e, t: BertForMaskedLM(BertConfig.preset(
       "bert-tiny", vocab_size=30)).eval()(torch.tensor([[1, 2]]), token_type_ids=torch.tensor(
           [[0, 2]])), "token_type_ids holds id 2", "type_vocab_size=2", "0..1"),
+    A("vit-label-out-of-range", lambda e, t: ViTForImageClassification(ViTConfig(
+      image_size=8, patch_size=4, d_model=16, n_layers=1, n_heads=2, d_ff=32, num_labels=3)
+      ).eval()(torch.randn(2, 3, 8, 8), labels=torch.tensor([0, 3])), "labels holds id 3",
+      "num_labels=3"),
     A("seq2seq-decoder-id", lambda e, t: tiny_seq2seq()(torch.tensor([[1, 2]]),
       decoder_input_ids=torch.tensor([[0, 45]])), "decoder_input_ids holds token id 45",
       "vocab_size=40"),
@@ -355,6 +367,9 @@ CASES = [
     C("evaluate-tokenizer-of-another-model", "evaluate", "-k", lambda e, t: e.mismatched,
       "--data", lambda e, t: e.corpus, want=("the evaluation text", "corpus.txt",
                                               "vocab_size=20", "another model")),
+    C("evaluate-run-without-validation", "evaluate", "-k", lambda e, t: with_file(
+      e.run, t, "run.json", _no_validation_split),
+      want=("data.val_fraction=0", "no validation split", "--data")),
     C("evaluate-empty-data", "evaluate", "-k", run, "--data", lambda e, t: e.empty,
       want=("empty corpus",)),
     # -- attnkit convert

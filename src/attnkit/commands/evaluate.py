@@ -197,6 +197,9 @@ def _lm_texts(data: str | None, run: dict[str, Any]) -> tuple[list[str], str]:
     if dc.val_path:
         docs, where = load_corpus(dc.val_path, dc.text_field)
         return [d.text for d in docs], where
+    if run and not dc.val_fraction:  # trained on everything: there is no held-out split
+        fail(f"the run trained on all of {dc.path or 'the built-in corpus'} "
+             "(data.val_fraction=0): it has no validation split to evaluate; pass --data FILE")
     docs, where = load_corpus(dc.path, dc.text_field)
     _, val = split_corpus(docs, dc.val_fraction or 0.1, dc.split_seed)
     if not val:

@@ -361,6 +361,10 @@ class BertForTokenClassification(_BertHead):
         self.drop = nn.Dropout(cfg.dropout)
         self.classifier = _linear(cfg.d_model, cfg.num_labels)
 
+    def _check_labels(self, labels: Tensor) -> None:
+        token_ids(labels, self.config.num_labels, name="labels", ignore=-100,
+                  size_name="num_labels")
+
     def _logits(self, o: BertOutput) -> Tensor:
         return self.classifier(self.drop(o.last_hidden_state))
 

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from attnkit.layers import BlockConfig
 from attnkit.models.config import ModelConfig
 from attnkit.models.stacks import TransformerStack
+from attnkit.validate import host_check_is_free, token_ids
 
 __all__ = ["ViTConfig", "ViTForImageClassification", "ViTOutput"]
 
@@ -138,6 +139,8 @@ class ViTForImageClassification(nn.Module):
         if labels is not None:
             if not self.config.num_labels:
                 raise ValueError("labels given but the model has no classifier (num_labels=0)")
+            if host_check_is_free(labels, training=self.training):
+                token_ids(labels, self.config.num_labels, name="labels", size_name="num_labels")
             loss = F.cross_entropy(logits.float(), labels)
         return ViTOutput(logits=logits, loss=loss, hidden=out.hidden,
                          hidden_states=out.hidden_states, attentions=out.attentions)
