@@ -44,8 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnkit.attention.backends.common import repeat_kv
-from attnkit.attention.core import check_qkv
+from attnkit.attention.backends.common import check_qkv, repeat_kv
 
 __all__ = [
     "FeatureMap",

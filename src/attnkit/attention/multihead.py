@@ -232,20 +232,22 @@ class MultiHeadAttention(nn.Module):
         if backend is None:
             backend = "auto" if return_weights else self.backend
         dropout_p = self.attn_dropout if self.training else 0.0
-        Lq, Lk = q.shape[2], k.shape[2]
+        direct, is_causal = mask is None, False
+        if isinstance(mask, Mask) and mask.kind == "causal":
+            if q.shape[2] == k.shape[2]:  # training / prefill (one symbol under torch.export)
+                direct, is_causal = True, True
+            elif q.shape[2] == 1:  # one query decoding with a cache: it sees every key
+                direct = True
         if (backend == "auto" and score_mod is None and not return_weights
-                and 0.0 <= dropout_p < 1.0 and q.dtype == k.dtype == v.dtype
-                and (mask is None or (isinstance(mask, Mask) and mask.kind == "causal"
-                                      and (Lq == Lk or Lq == 1)))):
+                and 0.0 <= dropout_p < 1.0 and q.dtype == k.dtype == v.dtype and direct):
             # What attend(backend="auto") does for these calls (its sdpa backend, is_causal),
             # without its per-call validation and dispatch: the heads come from this module's
             # own projections, so the checks cannot fail. One query decoding with a cache sees
             # every key (bottom-right causal): no mask at all.
             scale = 1.0 / math.sqrt(q.shape[-1]) if self.scale is None else float(self.scale)
             known = keys_finite and on_cpu_eager(q) and all_finite(q)  # q: this step's tokens
-            o = scaled_dot_product(q, k, v, dropout_p=dropout_p,
-                                   is_causal=mask is not None and Lq == Lk > 1, scale=scale,
-                                   known_finite=known)
+            o = scaled_dot_product(q, k, v, dropout_p=dropout_p, is_causal=is_causal,
+                                   scale=scale, known_finite=known)
             return self.resid_drop(self.out_proj(self._merge(o)))
         res = attend(q, k, v, mask=mask, score_mod=score_mod, scale=self.scale,
                      dropout_p=dropout_p, backend=backend, return_weights=return_weights)
