@@ -45,8 +45,8 @@ class _CacheBase:
         self.k = torch.zeros(batch, n_kv_heads, capacity, head_dim, dtype=dtype, device=device)
         self.v = torch.zeros(batch, n_kv_heads, capacity, self.v_dim, dtype=dtype, device=device)
         self.pos = 0  # absolute position of the next token
-        # True once a NaN/inf key was written (MultiHeadAttention tracks it on the CPU, so a
-        # decoding step checks only its new keys for the NaN guard of scaled_dot_product)
+        # True once a step wrote NaN/inf (MultiHeadAttention checks each step's projections on
+        # the CPU, so decoding checks only new tokens for scaled_dot_product's NaN guard)
         self.nonfinite = False
 
     def _check(self, k_new: Tensor, v_new: Tensor) -> int:

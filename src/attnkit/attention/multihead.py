@@ -37,6 +37,14 @@ RopeFn = Callable[[Tensor, Tensor, Tensor | range], tuple[Tensor, Tensor]]
 Cache = KVCache | SlidingWindowCache
 
 
+def _track(cache: Cache | None, new: Tensor) -> None:
+    """Mark ``cache`` when this step's projections (``new``: its keys, with the queries or
+    values beside them) hold NaN/inf; sticky, so a decoding step checks only its new tokens
+    (CPU, eager mode: where the NaN guard of ``scaled_dot_product`` runs)."""
+    if cache is not None and not cache.nonfinite and on_cpu_eager(new) and not all_finite(new):
+        cache.nonfinite = True
+
+
 def _check_input(name: str, x: Tensor, width: int, batch: int | None = None) -> None:
     """``x`` is a floating ``(B, L, width)`` tensor (shape checks only: no host sync)."""
     if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != width or (
@@ -193,18 +201,23 @@ class MultiHeadAttention(nn.Module):
             q = self._split(self.q_proj(x), self.n_heads)  # (B, H, L, Dh)
             if cache is not None and cache.pos > 0:  # context already projected and cached
                 k, v = cache.k[:, :, :cache.pos], cache.v[:, :, :cache.pos]
+                known = not cache.nonfinite and on_cpu_eager(q) and all_finite(q)
                 return self._attend(q, k, v, mask, score_mod, return_weights, backend,
-                                    keys_finite=not cache.nonfinite)
+                                    known_finite=known)
             if context is None:
                 raise ValueError("cross-attention needs context=(B, Lc, context_dim)")
             _check_input("context", context, self.kv_proj.in_features, batch=B)
-            k, v = self.kv_proj(context).chunk(2, dim=-1)  # 2 × (B, Lc, Hkv·Dh)
+            kv = self.kv_proj(context)  # (B, Lc, 2·Hkv·Dh)
+            _track(cache, kv)
+            k, v = kv.chunk(2, dim=-1)  # 2 × (B, Lc, Hkv·Dh)
         else:
             if context is not None:
                 raise ValueError("context given to a self-attention layer; build it with "
                                  "is_cross=True for cross-attention")
             q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-            q, k, v = self.qkv(x).split([q_dim, kv_dim, kv_dim], dim=-1)
+            qkv = self.qkv(x)  # (B, L, (H + 2·Hkv)·Dh)
+            _track(cache, qkv)  # this step's q and k: one check covers both
+            q, k, v = qkv.split([q_dim, kv_dim, kv_dim], dim=-1)
             q = self._split(q, self.n_heads)  # (B, H, L, Dh)
         k = self._split(k, self.n_kv_heads)  # (B, Hkv, Lk, Dh)
         v = self._split(v, self.n_kv_heads)  # (B, Hkv, Lk, Dh)
@@ -214,21 +227,21 @@ class MultiHeadAttention(nn.Module):
                 start = cache.pos if cache is not None else 0
                 positions = torch.arange(start, start + L, device=x.device)
             q, k = rope(q, k, positions)
-        keys_finite = False
+        known = False
         if cache is not None:
-            if on_cpu_eager(k) and not cache.nonfinite and not all_finite(k):
-                cache.nonfinite = True  # sticky: each step checks only its own new keys
             k, v = cache.update(k, v)  # (B, Hkv, Lcached + L, Dh)
-            keys_finite = not cache.nonfinite
+            known = not cache.nonfinite and on_cpu_eager(q) and (
+                not self.is_cross or all_finite(q))
 
         return self._attend(q, k, v, mask, score_mod, return_weights, backend,
-                            keys_finite=keys_finite)
+                            known_finite=known)
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: MaskArg, score_mod: ScoreMod | None,
-                return_weights: bool, backend: str | None, *, keys_finite: bool = False
+                return_weights: bool, backend: str | None, *, known_finite: bool = False
                 ) -> Tensor | tuple[Tensor, Tensor]:
         """Heads ``(B, H, Lq, Dh)`` × ``(B, Hkv, Lk, Dh)`` -> merged, projected ``(B, Lq, d)``.
-        ``keys_finite``: every key is known to be finite (a cache that tracked them)."""
+        ``known_finite``: q and every key are known to hold no NaN/inf (a cache that tracked
+        its keys), so the CPU NaN guard of the direct SDPA call is skipped."""
         if backend is None:
             backend = "auto" if return_weights else self.backend
         dropout_p = self.attn_dropout if self.training else 0.0
@@ -245,9 +258,8 @@ class MultiHeadAttention(nn.Module):
             # own projections, so the checks cannot fail. One query decoding with a cache sees
             # every key (bottom-right causal): no mask at all.
             scale = 1.0 / math.sqrt(q.shape[-1]) if self.scale is None else float(self.scale)
-            known = keys_finite and on_cpu_eager(q) and all_finite(q)  # q: this step's tokens
             o = scaled_dot_product(q, k, v, dropout_p=dropout_p, is_causal=is_causal,
-                                   scale=scale, known_finite=known)
+                                   scale=scale, known_finite=known_finite)
             return self.resid_drop(self.out_proj(self._merge(o)))
         res = attend(q, k, v, mask=mask, score_mod=score_mod, scale=self.scale,
                      dropout_p=dropout_p, backend=backend, return_weights=return_weights)

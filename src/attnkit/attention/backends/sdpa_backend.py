@@ -52,7 +52,7 @@ def forward(q: Tensor, k: Tensor, v: Tensor, *, mask, score_mod, scale: float, d
         attn_mask = dense_mask(mask, B, Hq, Lq, Lk, q.device)
     # fully masked query rows (B|1, H|1, Lq, 1): zeros whatever the kernel gives (a float bias
     # row of -inf is NaN in some kernels; a NaN key or value is read as 0 · NaN in others)
-    dead = None if attn_mask is None else ~attn_mask.any(dim=-1, keepdim=True)
+    dead = None if attn_mask is None else _dead_rows(mask, attn_mask)
     if score_mod is not None:
         bias = score_mod.bias(Lq, Lk, batch=B, heads=Hq, device=q.device, dtype=q.dtype,
                               mask=attn_mask)  # -inf where attn_mask is False
@@ -61,9 +61,24 @@ def forward(q: Tensor, k: Tensor, v: Tensor, *, mask, score_mod, scale: float, d
         attn_mask = bias
     out = scaled_dot_product(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
                              is_causal=is_causal, scale=scale)
-    if dead is not None:
-        out = out.masked_fill(dead, 0.0)  # branch-free: no host sync, no graph break
+    if dead is not None:  # branch-free: no host sync, no graph break
+        grad = torch.is_grad_enabled() and out.requires_grad  # the kernel saved out
+        out = out.masked_fill(dead, 0.0) if grad else out.masked_fill_(dead, 0.0)
     return out, None
+
+
+def _dead_rows(mask, allowed: Tensor) -> Tensor | None:
+    """``~allowed.any(-1)``: the rows that attend to nothing. For a pattern of indices only
+    (not batch-dependent: causal, windows, strided, BigBird, ...) the answer is cached per
+    shape on the mask, None when no row is dead (one host read, once per shape); padding,
+    document masks and bool tensors are data: computed per call, without a host read."""
+    if not isinstance(mask, Mask) or mask.batch_dependent or torch.compiler.is_compiling():
+        return ~allowed.any(dim=-1, keepdim=True)
+    key = ("dead_rows", *allowed.shape, str(allowed.device))
+    if key not in mask._cache:
+        dead = ~allowed.any(dim=-1, keepdim=True)
+        mask._cache[key] = dead if bool(dead.any()) else None
+    return mask._cache[key]
 
 
 def scaled_dot_product(q: Tensor, k: Tensor, v: Tensor, *, attn_mask: Tensor | None = None,
