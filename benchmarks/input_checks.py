@@ -10,8 +10,10 @@ t(with)``: 1.00 = free, 0.95 = the check adds 5 %.
   the CPU it sums q and k to detect NaN/inf, which PyTorch's CPU flash kernel would hide) vs
   ``F.scaled_dot_product_attention`` directly; causal, at a training shape (forward, and
   forward + backward) and a decoding step (one query, a cache of keys).
-* ``dead-rows``: the sdpa backend with a sliding-window bool mask, vs the same call without
-  the fully-masked-row fill (``~mask.any(-1)`` and one ``masked_fill`` of the output).
+* ``dead-rows``: the sdpa backend with a sliding-window pattern, vs the same kernel call on
+  the same (cached) bool mask without the fully-masked-row handling (for a pattern of indices
+  it is cached per shape and skipped when no row is dead; ``~mask.any(-1)`` and one
+  ``masked_fill`` per call for padding masks and bool tensors).
 * ``model``: a ``CausalLM`` (GPT-2 layout at a small width) with every check (token ids, the
   NaN guard of its attention; decoding with a cache checks only each step's new tokens) vs
   the same model with them switched off — a training step (forward + backward) and a cached
@@ -95,8 +97,8 @@ def sdpa_rows(cfg) -> list[Row]:
     window = masks.sliding_window(cfg.window - 1, 0)
     allowed = dense_mask(window, B, H, L, L, q.device)  # cached on the mask: built once
 
-    def without_fill():
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale)
+    def without_fill():  # the same kernel call (NaN guard included), no fill
+        return sdpa_backend.scaled_dot_product(q, k, v, attn_mask=allowed, scale=scale)
 
     def with_fill():
         return sdpa_backend.forward(q, k, v, mask=window, score_mod=None, scale=scale,

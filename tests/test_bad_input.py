@@ -447,3 +447,11 @@ def test_bad_input(case, env, snapshot, tmp_path):
         assert w in message, f"{w!r} not in {message!r}"
     assert _snapshot(env.root) == snapshot, "a file that existed before was lost or changed"
     assert not env.marker.exists(), "something was unpickled"
+
+
+def test_allow_unknown_encodes_unknown_characters_as_unk(env):
+    """The documented way past the unknown-character error: ``<unk>`` ids, a normal run."""
+    r = cli("generate", "-k", env.run, "日本 ok", "--allow-unknown", "-n", 3, "--seed", 0,
+            "--no-stream")
+    assert r.exit_code == 0, r.output
+    assert r.stdout.startswith("日本 ok")

@@ -85,7 +85,7 @@ def host_check_is_free(t: Tensor, *, training: bool = False) -> bool:
     otherwise yes (on the CPU a sync costs nothing)."""
     if torch.compiler.is_compiling():
         return False
-    return t.device.type == "cpu" or not training
+    return t.is_cpu or not training
 
 
 def nonempty_ids(name: str, ids: Any) -> Tensor:

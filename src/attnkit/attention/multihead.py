@@ -230,8 +230,9 @@ class MultiHeadAttention(nn.Module):
         known = False
         if cache is not None:
             k, v = cache.update(k, v)  # (B, Hkv, Lcached + L, Dh)
-            known = not cache.nonfinite and on_cpu_eager(q) and (
-                not self.is_cross or all_finite(q))
+            # (off the CPU nothing is tracked and nothing checked: the guard is CPU-only)
+            known = not cache.nonfinite and (
+                not self.is_cross or (on_cpu_eager(q) and all_finite(q)))
 
         return self._attend(q, k, v, mask, score_mod, return_weights, backend,
                             known_finite=known)

@@ -101,7 +101,7 @@ def scaled_dot_product(q: Tensor, k: Tensor, v: Tensor, *, attn_mask: Tensor | N
 def on_cpu_eager(t: Tensor) -> bool:
     """Where the NaN check runs: CPU tensors (a host sync is free there), eager mode only (no
     graph break under ``torch.compile``)."""
-    return t.device.type == "cpu" and not torch.compiler.is_compiling()
+    return t.is_cpu and not torch.compiler.is_compiling()
 
 
 def all_finite(t: Tensor) -> bool:
