@@ -22,7 +22,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from attnkit.attention import KVCache, MultiHeadAttention, attend, linear_attention, masks
+from attnkit.attention import (
+    KVCache,
+    LinearAttention,
+    MultiHeadAttention,
+    attend,
+    linear_attention,
+    masks,
+)
 from attnkit.cli import app
 from attnkit.data import CharTokenizer, builtin_documents, load_documents
 from attnkit.generate import generate
@@ -224,6 +231,8 @@ CASES = [
       "unknown backend 'fastest'", "'sdpa'"),
     A("linear-attention-3d", lambda e, t: linear_attention(*(x[0] for x in qkv())),
       "q must be 4-D", "(2, 4, 8)"),
+    A("linear-attention-chunk", lambda e, t: LinearAttention(chunk_size=0),
+      "chunk_size must be a positive int, got 0"),
     A("window-negative", lambda e, t: masks.sliding_window(-1), "left must be a non-negative "
       "int, got -1"),
     A("kv-cache-absurd", lambda e, t: KVCache(1, 8, 10**12, 64), "KVCache of 1,000,000,000,000 "

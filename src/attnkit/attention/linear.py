@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnkit.attention.backends.common import check_qkv, repeat_kv
+from attnkit.validate import positive_int
 
 __all__ = [
     "FeatureMap",
@@ -311,6 +312,8 @@ class LinearAttention(nn.Module):
                  eps: float = 1e-6, redraw_interval: int | None = None) -> None:
         super().__init__()
         self.feature_map = EluFeatureMap() if feature_map is None else feature_map
+        if chunk_size is not None:
+            positive_int("chunk_size", chunk_size)
         self.chunk_size, self.eps = chunk_size, eps
         if redraw_interval is not None and not hasattr(self.feature_map, "redraw"):
             raise ValueError(f"{type(self.feature_map).__name__} has no redraw(); "
