@@ -19,9 +19,9 @@ import math
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attnkit.attention.backends.sdpa_backend import sdpa
 from attnkit.attention.cache import KVCache, SlidingWindowCache
 from attnkit.attention.core import MaskArg, attend
 from attnkit.attention.masks import Mask
@@ -208,9 +208,8 @@ class MultiHeadAttention(nn.Module):
             # without its per-call validation and dispatch: the heads come from this module's
             # own projections, so the checks cannot fail.
             scale = 1.0 / math.sqrt(q.shape[-1]) if self.scale is None else float(self.scale)
-            o = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p,
-                                               is_causal=mask is not None, scale=scale,
-                                               enable_gqa=k.shape[1] != q.shape[1])
+            o = sdpa(q, k, v, dropout_p=dropout_p, is_causal=mask is not None, scale=scale,
+                     enable_gqa=k.shape[1] != q.shape[1])
             return self.resid_drop(self.out_proj(self._merge(o)))
         res = attend(q, k, v, mask=mask, score_mod=score_mod, scale=self.scale,
                      dropout_p=dropout_p, backend=backend, return_weights=return_weights)
