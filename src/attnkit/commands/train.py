@@ -35,7 +35,6 @@ from attnkit.commands.common import (
 )
 from attnkit.commands.train_config import DEFAULT_STEPS, ResolvedRun, resolve_run
 from attnkit.commands.train_data import Prepared, prepare
-from attnkit.train.precision import describe as describe_precision
 
 __all__ = ["train_cmd", "resolve_run", "SAMPLE_CHARS", "SAMPLE_RULE"]
 
@@ -145,7 +144,9 @@ def _start(res: ResolvedRun, prep: Prepared, dist: Any, threads_note: str | None
     echo(f"training: {tc.steps} steps, batch {tc.batch_size}{world}, lr {tc.lr:g}, device "
          f"{dist.device}, out {res.out_dir}"
          + (f" (resuming from {Path(tc.out_dir) / 'last'})" if res.resume else ""))
-    echo(f"precision: {describe_precision(tc.precision, dist.device)}")
+    from attnkit.train.precision import describe
+
+    echo(f"precision: {describe(tc.precision, dist.device)}")
     if threads_note:
         echo(threads_note)
 
