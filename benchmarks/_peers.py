@@ -56,15 +56,17 @@ def quiet_transformers():
 HF_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new"}
 
 
-def hf_gpt2(shape: dict[str, int], seed: int, activation: str = "gelu") -> nn.Module:
+def hf_gpt2(shape: dict[str, int], seed: int, activation: str = "gelu",
+            dropout: float = 0.0) -> nn.Module:
     """``GPT2LMHeadModel`` with ``shape``'s layers / d_model / heads / vocab / seq_len;
-    ``activation`` gelu (exact, nanoGPT's) or gelu_tanh (GPT-2's ``gelu_new``)."""
+    ``activation`` gelu (exact, nanoGPT's) or gelu_tanh (GPT-2's ``gelu_new``); ``dropout``
+    on the embeddings and residual branches (none on attention weights)."""
     transformers = quiet_transformers()
     cfg = transformers.GPT2Config(
         vocab_size=shape["vocab"], n_positions=shape["seq_len"], n_embd=shape["d_model"],
         n_layer=shape["layers"], n_head=shape["heads"],
         activation_function=HF_ACTIVATIONS[activation],
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None,
+        resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=0.0, bos_token_id=None,
         eos_token_id=None, attn_implementation="sdpa")
     torch.manual_seed(seed)
     return transformers.GPT2LMHeadModel(cfg)

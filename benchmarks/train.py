@@ -77,13 +77,7 @@ DEFAULT_VARIANTS = ("hf-gpt2", "x-transformers", "hf-gpt2-bf16", "attnkit-fp32",
                     "attnkit-compile")
 BASELINE = "hf-gpt2"
 FP32_PEERS = ("hf-gpt2", "x-transformers")
-# Dense peak TFLOP/s (no sparsity) by GPU and compute dtype, for the MFU column.
-PEAK_TFLOPS = {
-    ("H100 SXM", "bf16"): 989.4, ("H100 SXM", "fp32"): 66.9,
-    ("H100 PCIe", "bf16"): 756.0, ("H100 PCIe", "fp32"): 51.2,
-    ("H200", "bf16"): 989.4, ("H200", "fp32"): 66.9,
-    ("A100", "bf16"): 312.0, ("A100", "fp32"): 19.5,
-}
+PEAK_TFLOPS = _timing.PEAK_TFLOPS
 TARGET = 1 / 0.6  # the "<= 60 ms where the reference takes 100 ms": >= 1.67x
 
 
@@ -374,17 +368,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def gpu_key(name: str) -> str | None:
-    n = name.upper()
-    if "H200" in n:
-        return "H200"
-    if "H100" in n:
-        return "H100 PCIe" if "PCIE" in n else "H100 SXM"
-    if "A100" in n:
-        return "A100"
-    return None
-
-
 def finalize(cfg: argparse.Namespace, device: torch.device) -> argparse.Namespace:
     cfg = argparse.Namespace(**vars(cfg))
     if getattr(cfg, "command", None) is None:
@@ -397,15 +380,7 @@ def finalize(cfg: argparse.Namespace, device: torch.device) -> argparse.Namespac
     char_rounds = cfg.rounds or (10 if cfg.quick else 40)
     gpt2_rounds = cfg.gpt2_rounds or 3
     cfg.repeats = lambda shape: gpt2_rounds if shape == "gpt2" else char_rounds
-    cfg.peak_source = None
-    cfg.peak_flops = None
-    if cfg.peak_tflops:
-        cfg.peak_flops, cfg.peak_source = cfg.peak_tflops * 1e12, "--peak-tflops"
-    elif device.type == "cuda":
-        key = gpu_key(torch.cuda.get_device_name(device))
-        if key is not None:
-            cfg.peak_flops = PEAK_TFLOPS[(key, "bf16")] * 1e12
-            cfg.peak_source = f"{key} bf16 table"
+    cfg.peak_flops, cfg.peak_source = _timing.peak_flops(device, "bf16", cfg.peak_tflops)
     return cfg
 
 
