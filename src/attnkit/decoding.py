@@ -41,7 +41,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attnkit.attention.cache import KVCache
 from attnkit.layers import TransformerBlock
 from attnkit.models.causal_lm import CausalLM
 from attnkit.positions import LearnedPositions, SinusoidalPositions
@@ -56,7 +55,8 @@ _STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> comp
 
 def _can_pack(model: CausalLM) -> bool:
     w = model.lm_head.weight
-    return (w.device.type == "cpu" and w.dtype == torch.float32 and torch.backends.mkl.is_available()
+    return (w.device.type == "cpu" and w.dtype == torch.float32
+            and torch.backends.mkl.is_available()
             and hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight"))
 
 

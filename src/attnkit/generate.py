@@ -202,7 +202,7 @@ def generate(model: CausalLM, input_ids: Tensor | Sequence[Sequence[int]],
         if cfg.use_cache and cfg.static_cache and decoding.supports(model) is None:
             static = decoding.StaticDecoder(model, B, L + N, compile=cfg.compile)
         caches = model.new_caches(B, L + N) if cfg.use_cache and static is None else None
-        step_ids = ids
+        step_ids, feed = ids, mask[:, -1]
         for i in range(N):
             if static is not None:
                 logits = static.prefill(ids, mask) if i == 0 else static.step(step_ids, feed)

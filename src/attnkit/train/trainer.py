@@ -308,7 +308,8 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> float | None:
         """Mean validation loss (per target token) over ``eval_batches`` batches, averaged
-        over ranks; None without a validation source."""
+        over ranks; None without a validation source. Computed in fp32 whatever the training
+        precision, so it equals ``attnkit evaluate`` and compares across precisions."""
         vs = self.val_source
         if vs is None:
             return None
@@ -324,8 +325,7 @@ class Trainer:
             if i >= n_max:
                 break
             b = self._to_device(b)
-            with self._autocast():
-                loss = compute_loss(model, self.raw_model, b).float()
+            loss = compute_loss(model, self.raw_model, b).float()
             n = count_targets(self.raw_model, b)
             n = torch.ones((), device=self.device) if n is None else n.float()
             acc += torch.stack([loss * n, n])
