@@ -11,10 +11,11 @@ the same tensor shapes, so ``torch.compile`` traces one graph for the whole gene
               ``slot`` (``index_copy_``), SDPA over all ``max_len`` slots with the key mask
               ``valid & causal/window``, W_O, residual, FFN, residual; final norm, LM head.
 
-Attending over all ``max_len`` slots instead of the ``t`` filled ones costs O(max_len) per
-layer and step; next to reading the weights (O(d²) per layer) that is small at the lengths
-decoding runs, and it is what keeps the shapes fixed: no growing views, no ``torch.cat`` of
-the mask, no Python ints that change per step (which ``torch.compile`` would specialise on).
+A compiled step attends over all ``max_len`` slots (the mask hides the empty ones): O(max_len)
+per layer and step, small next to reading the weights (O(d²) per layer), and what keeps the
+shapes fixed — no growing views, no ``torch.cat`` of the mask, no Python ints that change per
+step (which ``torch.compile`` would specialise on). An eager step reads only the filled
+slots (a view of the same buffers).
 
 Packed weights (CPU, fp32, ``batch >= PACK_MIN_ROWS``, eager): every Linear of the step runs
 through MKL's packed GEMM (``torch.ops.mkl._mkl_linear`` on weights reordered once per
@@ -123,9 +124,12 @@ class StaticDecoder:
             raise ValueError(f"StaticDecoder is full: {self.max_len} slots used")
         self.valid[:, self.slot] = feed
         slot = torch.tensor(self.slot, device=self.valid.device)
-        logits = self._step(self.model, self.tables, [c.k for c in self.caches],
-                            [c.v for c in self.caches], tokens, slot, self.positions,
-                            self.valid, self.packed)
+        # eager steps attend over the filled slots only (a view); a compiled step keeps all
+        # max_len slots, so its shapes never change
+        n = self.max_len if self._step is not _step else self.slot + 1
+        logits = self._step(self.model, self.tables, [c.k[:, :, :n] for c in self.caches],
+                            [c.v[:, :, :n] for c in self.caches], tokens, slot,
+                            self.positions, self.valid[:, :n], self.packed)
         self.positions = self.positions + feed.long()
         self.slot += 1
         return logits
@@ -190,7 +194,8 @@ def _step(model: CausalLM, tables: tuple[Tensor, ...], ks: list[Tensor], vs: lis
           tokens: Tensor, slot: Tensor, positions: Tensor, valid: Tensor,
           packed: dict) -> Tensor:
     """One token per row through every layer (see the module docstring); ``ks`` / ``vs``:
-    each layer's ``(B, Hkv, max_len, D)`` buffers, written in place at ``slot``; ``packed``:
+    each layer's ``(B, Hkv, S, D)`` buffers (all ``max_len`` slots, or the filled prefix),
+    written in place at ``slot``; ``valid (B, S)``; ``packed``:
     Linear -> MKL-packed weight (empty: plain ``F.linear``)."""
     c = model.config
     B, S = valid.shape
@@ -204,7 +209,9 @@ def _step(model: CausalLM, tables: tuple[Tensor, ...], ks: list[Tensor], vs: lis
     keys = valid & (kv_idx <= slot)
     if c.sliding_window is not None:
         keys = keys & (kv_idx > slot - c.sliding_window)
-    keys = keys[:, None, None, :]  # (B, 1, 1, S)
+    # one additive bias for every layer (a bool mask is converted inside each SDPA call)
+    bias = torch.zeros(keys.shape, dtype=x.dtype, device=x.device).masked_fill_(
+        ~keys, float("-inf"))[:, None, None, :]  # (B, 1, 1, S)
     for layer, K, V in zip(model.stack.layers, ks, vs, strict=True):
         attn = layer.attn
         pre = layer.cfg.norm_position == "pre"
@@ -219,7 +226,7 @@ def _step(model: CausalLM, tables: tuple[Tensor, ...], ks: list[Tensor], vs: lis
         K.index_copy_(2, slot.view(1), k)
         V.index_copy_(2, slot.view(1), v)
         scale = 1.0 / math.sqrt(attn.head_dim) if attn.scale is None else float(attn.scale)
-        o = F.scaled_dot_product_attention(q, K, V, attn_mask=keys, scale=scale,
+        o = F.scaled_dot_product_attention(q, K, V, attn_mask=bias, scale=scale,
                                            enable_gqa=attn.n_kv_heads != attn.n_heads)
         a = _linear(attn.out_proj, o.reshape(B, q_dim), packed)[:, None]  # (B, 1, d)
         if pre:
