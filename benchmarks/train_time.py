@@ -51,7 +51,7 @@ import _timing  # noqa: E402
 VARIANTS = ("attnkit", "attnkit-fp32", "attnkit-compile", "hf-gpt2", "x-transformers")
 DEFAULT_VARIANTS = ("attnkit", "attnkit-fp32", "hf-gpt2")
 FP32_PEER = "hf-gpt2"
-LR, MIN_LR, BETAS = 3e-3, 3e-4, (0.9, 0.99)
+LR, MIN_LR, BETAS = 3e-3, 3e-4, _peers.BETAS  # the default run's (betas: (0.9, 0.99))
 
 
 @dataclass
@@ -133,7 +133,6 @@ def build_run(name: str, steps: int, shape: dict, corpus, hf_init: nn.Module,
     loop = _peers.PeerLoop(model, loss_fn, lambda: data.next_batch()["input_ids"],
                            optimizer=cfg.peer_optimizer, total_steps=steps, lr=LR,
                            min_lr=MIN_LR, warmup=_warmup_steps(steps))
-    loop.opt.param_groups[0]["betas"] = loop.opt.param_groups[1]["betas"] = BETAS
     what = (f"{'GPT2LMHeadModel' if name == 'hf-gpt2' else 'TransformerWrapper'}, fp32, "
             f"AdamW {_peers.optimizer_kind(loop.opt)}")
     return Run(name, loop.step, model, loss_fn, what)
