@@ -115,6 +115,18 @@ def test_unsupported_models_fall_back_to_the_model_forward():
     b = generate(m, PROMPTS, GenerationConfig(max_new_tokens=6, use_cache=False))
     assert a == b
     assert "not a CausalLM" in supports(torch.nn.Linear(2, 2))
+    # a config field the step does not know (one added later): unsupported unless default
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Later(CausalLMConfig):
+        attention_kind: str = "softmax"
+
+    cfg = CausalLMConfig.preset("gpt2-tiny")
+    m = CausalLM(Later(**dataclasses.asdict(cfg)))
+    assert supports(m) is None
+    m.config.attention_kind = "something new"
+    assert "attention_kind" in supports(m)
 
 
 def test_static_decoder_bounds():

@@ -34,6 +34,7 @@ compare it with that forward and with full recomputation token for token.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import weakref
 from collections.abc import Callable
@@ -42,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from attnkit.attention.multihead import MultiHeadAttention
 from attnkit.layers import TransformerBlock
 from attnkit.models.causal_lm import CausalLM
 from attnkit.positions import LearnedPositions, SinusoidalPositions
@@ -61,17 +63,33 @@ def _can_pack(model: CausalLM) -> bool:
             and hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight"))
 
 
+# The CausalLMConfig fields the step was written for; a field added later with a value other
+# than its default makes the model unsupported (the step would silently ignore it).
+_KNOWN_FIELDS = frozenset({
+    "vocab_size", "max_seq_len", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff",
+    "head_dim", "position", "rope_base", "rope_scaling", "activation", "norm", "norm_eps",
+    "norm_position", "bias", "dropout", "attn_dropout", "tie_embeddings", "sliding_window",
+    "backend", "init_std"})
+
+
 def supports(model: torch.nn.Module) -> str | None:
     """None when :class:`StaticDecoder` can decode ``model``, else the reason it cannot."""
     if not isinstance(model, CausalLM):
         return f"{type(model).__name__} is not a CausalLM"
     c = model.config
+    for f in dataclasses.fields(c):
+        if f.name not in _KNOWN_FIELDS and f.default is not dataclasses.MISSING \
+                and getattr(c, f.name) != f.default:
+            return f"config field {f.name}={getattr(c, f.name)!r} is not known to the step"
     if c.position not in ("learned", "sinusoidal", "rope", "none"):
         return f"position={c.position!r} (a score modifier) is not supported"
     if c.backend == "linear":
         return "backend='linear' is an approximation the static step does not compute"
+    if c.activation not in ("relu", "gelu", "gelu_tanh", "swiglu"):
+        return f"activation={c.activation!r} is not supported"
     for layer in model.stack.layers:
-        if type(layer) is not TransformerBlock or layer.cfg.cross_attention:
+        if type(layer) is not TransformerBlock or layer.cfg.cross_attention \
+                or type(layer.attn) is not MultiHeadAttention:
             return "a block other than a self-attention TransformerBlock"
     return None
 
