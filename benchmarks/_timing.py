@@ -46,6 +46,9 @@ __all__ = [
     "device_desc",
     "loadavg",
     "run_script",
+    "PEAK_TFLOPS",
+    "gpu_key",
+    "peak_flops",
 ]
 
 
@@ -304,3 +307,41 @@ def run_script(argv: list[str] | None, script: str, parser, run: Callable[[Any],
         write_json(cfg.json, result)
     bad = result["meta"]["interrupted"] or any(r.status != "ok" for r in result["rows"])
     return 1 if bad else 0
+
+
+# ---- accelerator peaks --------------------------------------------------------------------
+
+#: Dense peak TFLOP/s (no sparsity) by GPU and compute dtype, for MFU and attention FLOP/s.
+PEAK_TFLOPS = {
+    ("H100 SXM", "bf16"): 989.4, ("H100 SXM", "fp32"): 66.9,
+    ("H100 PCIe", "bf16"): 756.0, ("H100 PCIe", "fp32"): 51.2,
+    ("H200", "bf16"): 989.4, ("H200", "fp32"): 66.9,
+    ("A100", "bf16"): 312.0, ("A100", "fp32"): 19.5,
+}
+
+
+def gpu_key(name: str) -> str | None:
+    """The :data:`PEAK_TFLOPS` row of a CUDA device name, or None."""
+    n = name.upper()
+    if "H200" in n:
+        return "H200"
+    if "H100" in n:
+        return "H100 PCIe" if "PCIE" in n else "H100 SXM"
+    if "A100" in n:
+        return "A100"
+    return None
+
+
+def peak_flops(device, dtype: str = "bf16", override_tflops: float | None = None
+               ) -> tuple[float | None, str | None]:
+    """``(peak FLOP/s, where it comes from)``: the override, else the table row of a CUDA
+    device, else ``(None, None)`` (no peak is known for CPUs)."""
+    import torch
+
+    if override_tflops:
+        return override_tflops * 1e12, "--peak-tflops"
+    if getattr(device, "type", device) == "cuda":
+        key = gpu_key(torch.cuda.get_device_name(device))
+        if key is not None:
+            return PEAK_TFLOPS[(key, dtype)] * 1e12, f"{key} {dtype} dense table"
+    return None, None

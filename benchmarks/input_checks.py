@@ -5,7 +5,7 @@ Each row times one call with the check and the same call without it, interleaved
 (A B A B ..., :func:`_timing.measure_interleaved`), and reports ``ratio = t(without) /
 t(with)``: 1.00 = free, 0.95 = the check adds 5 %.
 
-* ``sdpa-guard``: :func:`attnkit.attention.backends.sdpa_backend.scaled_dot_product` (what
+* ``sdpa-guard``: :func:`attnkit.attention.backends.sdpa_backend.sdpa` (what
   ``attend(backend="auto")`` and ``MultiHeadAttention`` call for dense / causal attention: on
   the CPU it sums q and k to detect NaN/inf, which PyTorch's CPU flash kernel would hide) vs
   ``F.scaled_dot_product_attention`` directly; causal, at a training shape (forward, and
@@ -74,7 +74,7 @@ def sdpa_rows(cfg) -> list[Row]:
     q, k, v = (torch.randn(B, H, L, D, generator=g) for _ in range(3))
     scale = D ** -0.5
     rows = [_row(cfg, "sdpa-guard fwd", f"B{B} H{H} L{L} D{D} causal",
-                 lambda: sdpa_backend.scaled_dot_product(q, k, v, is_causal=True, scale=scale),
+                 lambda: sdpa_backend.sdpa(q, k, v, is_causal=True, scale=scale),
                  lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale))]
     qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
 
@@ -86,19 +86,19 @@ def sdpa_rows(cfg) -> list[Row]:
         return step
 
     rows.append(_row(cfg, "sdpa-guard fwd+bwd", f"B{B} H{H} L{L} D{D} causal",
-                     fwdbwd(sdpa_backend.scaled_dot_product),
+                     fwdbwd(sdpa_backend.sdpa),
                      fwdbwd(F.scaled_dot_product_attention)))
     q1 = q[:1, :, -1:].contiguous()
     k1, v1 = k[:1].contiguous(), v[:1].contiguous()
     rows.append(_row(cfg, "sdpa-guard decode", f"B1 H{H} Lq1 Lk{L} D{D}",
-                     lambda: sdpa_backend.scaled_dot_product(q1, k1, v1, scale=scale),
+                     lambda: sdpa_backend.sdpa(q1, k1, v1, scale=scale),
                      lambda: F.scaled_dot_product_attention(q1, k1, v1, scale=scale)))
 
     window = masks.sliding_window(cfg.window - 1, 0)
     allowed = dense_mask(window, B, H, L, L, q.device)  # cached on the mask: built once
 
     def without_fill():  # the same kernel call (NaN guard included), no fill
-        return sdpa_backend.scaled_dot_product(q, k, v, attn_mask=allowed, scale=scale)
+        return sdpa_backend.sdpa(q, k, v, attn_mask=allowed, scale=scale)
 
     def with_fill():
         return sdpa_backend.forward(q, k, v, mask=window, score_mod=None, scale=scale,

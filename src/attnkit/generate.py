@@ -11,8 +11,10 @@ Prompts of different lengths are LEFT-padded (``pad_token_id``) with an attentio
 model takes positions from ``cumsum(mask) - 1`` so every prompt sees the positions it would
 see alone. Each row stops on its own (EOS, stop string, ``max_new_tokens``); a finished row
 keeps being fed ``pad_token_id`` with mask 0 (its logits are ignored) until every row is done.
-``use_cache=False`` recomputes the whole sequence every step: the reference the cached path
-must reproduce token for token.
+``use_cache=False`` recomputes the whole sequence every step: the reference the cached paths
+must reproduce token for token. The cached path is :class:`~attnkit.decoding.StaticDecoder`
+(fixed-shape steps, optionally compiled) where it supports the model, else the model's own
+forward with its caches (``GenerationConfig(static_cache=False)`` forces the latter).
 
 A masked LM fills in instead (:func:`fill_mask`): every mask token of the input gets the
 model's choice for its position from one forward pass — the most likely token when greedy
@@ -37,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attnkit import decoding
 from attnkit.models.bert import BertForMaskedLM
 from attnkit.models.causal_lm import CausalLM
 from attnkit.models.seq2seq import Seq2SeqLM
@@ -209,20 +212,27 @@ def generate(model: CausalLM, input_ids: Tensor | Sequence[Sequence[int]],
                            ).scatter_reduce(1, ids, mask.long(), reduce="amax").bool()
 
     with _eval_mode(model):
-        caches = model.new_caches(B, L + N) if cfg.use_cache else None
-        step_ids = ids
-        for _ in range(N):
-            if caches is not None:
-                logits = model(step_ids, attention_mask=mask, caches=caches).logits[:, -1]
+        static = None
+        if cfg.use_cache and cfg.static_cache and decoding.supports(model) is None:
+            static = decoding.StaticDecoder(model, B, L + N, compile=cfg.compile)
+        caches = model.new_caches(B, L + N) if cfg.use_cache and static is None else None
+        step_ids, feed = ids, mask[:, -1]
+        for i in range(N):
+            if static is not None:
+                logits = static.prefill(ids, mask) if i == 0 else static.step(step_ids, feed)
+            elif caches is not None:
+                logits = model(step_ids[:, None] if i else step_ids, attention_mask=mask,
+                               caches=caches).logits[:, -1]
             else:
                 logits = model(ids, attention_mask=mask).logits[:, -1]
             nxt = rows.sample(logits, cfg, seen, gen, cfg.pad_token_id)
             if nxt is None:
                 break
             feed = rows.active(dev)  # rows that go on: feed their token; others pad, masked
-            step_ids = torch.where(feed, nxt, cfg.pad_token_id)[:, None]
-            ids = torch.cat([ids, step_ids], dim=1)
-            mask = torch.cat([mask, feed[:, None]], dim=1)
+            step_ids = torch.where(feed, nxt, cfg.pad_token_id)  # (B,)
+            if static is None:
+                ids = torch.cat([ids, step_ids[:, None]], dim=1)
+                mask = torch.cat([mask, feed[:, None]], dim=1)
     return rows.out
 
 

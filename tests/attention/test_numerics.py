@@ -270,3 +270,47 @@ def test_weights_are_exact_zeros_where_masked():
     _, w = attend(q, k, v, mask=masks.causal(), backend="math", return_weights=True)
     assert (w.triu(1) == 0).all()
     assert torch.isfinite(w).all()
+
+
+# ---- CPU reduced-precision training: SDPA in fp32 over short keys ----------------------------
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+def test_cpu_half_training_attention_runs_sdpa_in_fp32_over_short_keys(monkeypatch, dtype):
+    """PyTorch's CPU flash backward in bf16/fp16 is slow for short keys (sdpa_backend):
+    such calls run the kernel in fp32 and return the input dtype; inference calls and long
+    keys keep the native kernel. Either way the result matches fp32 math."""
+    from attnkit.attention.backends import sdpa_backend as S
+
+    seen = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, **kw):
+        seen.append(q.dtype)
+        return real(q, k, v, **kw)
+
+    monkeypatch.setattr(S.F, "scaled_dot_product_attention", spy)
+    limit = S.CPU_HALF_GRAD_UPCAST_MAX_KV
+    for lk, grad, want in [(16, True, torch.float32), (limit, True, torch.float32),
+                           (16, False, dtype), (limit + 8, True, dtype)]:
+        seen.clear()
+        q, k, v = qkv(lq=lk, lk=lk, dtype=dtype, grad=grad)
+        with torch.set_grad_enabled(grad):
+            out = S.sdpa(q, k, v, is_causal=True)
+        assert seen == [want] and out.dtype == dtype
+        ref = attend(q.detach().float(), k.detach().float(), v.detach().float(),
+                     mask=masks.causal(), backend="math")
+        torch.testing.assert_close(out.detach().float(), ref, **TOL[dtype])
+        if grad:
+            out.float().sum().backward()
+            assert q.grad.dtype == dtype and torch.isfinite(q.grad.float()).all()
+    # a float bias is upcast with the inputs, also under autocast
+    seen.clear()
+    q, k, v = qkv(hkv=4, lq=8, lk=8, dtype=dtype, grad=True)
+    bias = torch.randn(8, 8).to(dtype)
+    with torch.autocast("cpu", dtype=dtype):
+        out = S.sdpa(q, k, v, attn_mask=bias)
+    assert seen == [torch.float32] and out.dtype == dtype
+    ref = torch.softmax(q.float() @ k.float().transpose(-1, -2) / math.sqrt(8) + bias.float(),
+                        -1) @ v.float()
+    torch.testing.assert_close(out.detach().float(), ref.detach(), **TOL[dtype])

@@ -46,7 +46,7 @@ class _CacheBase:
         self.v = torch.zeros(batch, n_kv_heads, capacity, self.v_dim, dtype=dtype, device=device)
         self.pos = 0  # absolute position of the next token
         # True once a step wrote NaN/inf (MultiHeadAttention checks each step's projections on
-        # the CPU, so decoding checks only new tokens for scaled_dot_product's NaN guard)
+        # the CPU, so decoding checks only new tokens for sdpa's NaN guard)
         self.nonfinite = False
 
     def _check(self, k_new: Tensor, v_new: Tensor) -> int:

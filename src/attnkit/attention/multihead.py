@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from attnkit.attention import backends
-from attnkit.attention.backends.sdpa_backend import all_finite, on_cpu_eager, scaled_dot_product
+from attnkit.attention.backends.sdpa_backend import all_finite, on_cpu_eager, sdpa
 from attnkit.attention.cache import KVCache, SlidingWindowCache
 from attnkit.attention.core import MaskArg, attend
 from attnkit.attention.masks import Mask
@@ -40,7 +40,7 @@ Cache = KVCache | SlidingWindowCache
 def _track(cache: Cache | None, new: Tensor) -> None:
     """Mark ``cache`` when this step's projections (``new``: its keys, with the queries or
     values beside them) hold NaN/inf; sticky, so a decoding step checks only its new tokens
-    (CPU, eager mode: where the NaN guard of ``scaled_dot_product`` runs)."""
+    (CPU, eager mode: where the NaN guard of ``sdpa`` runs)."""
     if cache is not None and not cache.nonfinite and on_cpu_eager(new) and not all_finite(new):
         cache.nonfinite = True
 
@@ -259,8 +259,8 @@ class MultiHeadAttention(nn.Module):
             # own projections, so the checks cannot fail. One query decoding with a cache sees
             # every key (bottom-right causal): no mask at all.
             scale = 1.0 / math.sqrt(q.shape[-1]) if self.scale is None else float(self.scale)
-            o = scaled_dot_product(q, k, v, dropout_p=dropout_p, is_causal=is_causal,
-                                   scale=scale, known_finite=known_finite)
+            o = sdpa(q, k, v, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+                     known_finite=known_finite)
             return self.resid_drop(self.out_proj(self._merge(o)))
         res = attend(q, k, v, mask=mask, score_mod=score_mod, scale=self.scale,
                      dropout_p=dropout_p, backend=backend, return_weights=return_weights)

@@ -70,7 +70,9 @@ def train_cmd(
     device: str = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N."),
     compile_: bool = typer.Option(None, "--compile/--no-compile", help="torch.compile the "
                                   "model."),
-    precision: str = typer.Option(None, "--precision", help="auto | fp32 | bf16 | fp16."),
+    precision: str = typer.Option(None, "--precision", help="auto | fp32 | bf16 | fp16 (auto: "
+                                  "bf16 autocast with fp32 master weights on CUDA and on CPUs "
+                                  "with AVX-512 BF16 / AMX, else fp32)."),
     tensorboard: bool = typer.Option(None, "--tensorboard/--no-tensorboard", help="Also log "
                                      "to TensorBoard in OUT/tb (needs the tensorboard "
                                      "package)."),
@@ -150,6 +152,9 @@ def _start(res: ResolvedRun, prep: Prepared, dist: Any, threads_note: str | None
     echo(f"training: {tc.steps} steps, batch {tc.batch_size}{world}, lr {tc.lr:g}, device "
          f"{dist.device}, out {res.out_dir}"
          + (f" (resuming from {Path(tc.out_dir) / 'last'})" if res.resume else ""))
+    from attnkit.train.precision import describe
+
+    echo(f"precision: {describe(tc.precision, dist.device)}")
     if threads_note:
         echo(threads_note)
 

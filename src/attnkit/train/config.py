@@ -23,8 +23,9 @@ class TrainConfig(JsonConfig):
     Learning rate: linear warmup over ``warmup_steps`` to ``lr``, cosine decay to ``min_lr`` at
     ``steps``. ``grad_clip`` 0 disables clipping; ``eval_every`` / ``save_every`` 0 evaluate /
     save only at the end. ``precision``: ``"auto"`` is bf16 autocast on CUDA devices that
-    support it and fp32 elsewhere (on CPU bf16 autocast is rarely faster for small models);
-    ``"bf16"`` / ``"fp16"`` force autocast (fp16 adds a gradient scaler). ``resume``: ``True``
+    support it and on CPUs with native bf16 (AVX-512 BF16 / AMX), fp32 elsewhere;
+    ``"bf16"`` / ``"fp16"`` force autocast (fp16 adds a gradient scaler; see
+    :mod:`attnkit.train.precision`). ``resume``: ``True``
     continues from ``out_dir/last``, a string from that checkpoint directory. ``distributed``:
     ``"ddp"`` / ``"fsdp"`` under ``torchrun`` (see :mod:`attnkit.train.distributed`).
     """

@@ -1,7 +1,8 @@
 """The training loop: ``Trainer(model, train_source, val_source, config).train()``.
 
 One optimizer step = ``grad_accum`` micro-batches from the batch source, forward under
-autocast (``precision``), backward, gradient clipping, AdamW step, warmup + cosine schedule.
+autocast (``precision``; fp32 master weights, see :mod:`attnkit.train.precision`), backward,
+gradient clipping, AdamW step, warmup + cosine schedule.
 Micro-batches are weighted by their share of the step's (global) target tokens — labels not
 -100, after the causal shift — so accumulation and data parallelism compute the gradient of
 the mean loss over the whole batch, padding or not. The step itself never waits on the device:
@@ -61,6 +62,7 @@ from attnkit.train.config import TrainConfig
 from attnkit.train.losses import compute_loss, count_targets
 from attnkit.train.metrics import MetricsLog, plot_loss_curve, read_metrics
 from attnkit.train.optim import WarmupCosine, clip_grad_norm, make_optimizer
+from attnkit.train.precision import autocast_dtype, needs_loss_scaling
 
 __all__ = ["BatchSource", "TrainConfig", "TrainSummary", "Trainer"]
 
@@ -178,7 +180,7 @@ class Trainer:
         self.train_source, self.val_source, self.tokenizer = train_source, val_source, tokenizer
         self.out_dir = Path(c.out_dir)
         self.raw_model = model.to(self.device)
-        self.amp_dtype = self._amp_dtype()
+        self.amp_dtype = autocast_dtype(c.precision, self.device)  # None: fp32
         self.step = self.tokens_seen = 0
         self.best_val_loss: float | None = None
         self.last_val_loss: float | None = None
@@ -194,7 +196,7 @@ class Trainer:
         self.scheduler = WarmupCosine(self.optimizer, warmup_steps=c.warmup_steps,
                                       total_steps=c.steps, min_lr=c.min_lr)
         self.scaler = torch.amp.GradScaler(self.device.type,
-                                           enabled=self.amp_dtype is torch.float16)
+                                           enabled=needs_loss_scaling(self.amp_dtype))
         self.forward_model = torch.compile(self.model) if c.compile else self.model
         self._loss_sum = torch.zeros((), device=self.device)
         self._loss_count = 0
@@ -213,13 +215,6 @@ class Trainer:
         self._boundary = self._snapshot()
 
     # ---- setup ------------------------------------------------------------------------------
-    def _amp_dtype(self) -> torch.dtype | None:
-        p, dev = self.config.precision, self.device
-        if p == "auto":
-            return torch.bfloat16 if dev.type == "cuda" and torch.cuda.is_bf16_supported() \
-                else None
-        return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[p]
-
     def _resume(self, path: Path) -> None:
         saved = read_config(path).get("train") or {}
         mine = self.config.to_dict()
@@ -353,7 +348,8 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> float | None:
         """Mean validation loss (per target token) over ``eval_batches`` batches, averaged
-        over ranks; None without a validation source."""
+        over ranks; None without a validation source. Computed in fp32 whatever the training
+        precision, so it equals ``attnkit evaluate`` and compares across precisions."""
         vs = self.val_source
         if vs is None:
             return None
@@ -369,8 +365,7 @@ class Trainer:
             if i >= n_max:
                 break
             b = self._to_device(b)
-            with self._autocast():
-                loss = compute_loss(model, self.raw_model, b).float()
+            loss = compute_loss(model, self.raw_model, b).float()
             n = count_targets(self.raw_model, b)
             n = torch.ones((), device=self.device) if n is None else n.float()
             acc += torch.stack([loss * n, n])

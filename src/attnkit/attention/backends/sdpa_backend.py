@@ -9,10 +9,18 @@ read) can leak through.
 
 Non-finite inputs: PyTorch's CPU flash kernel treats a key block whose scores are all NaN as
 fully masked and returns zeros for it (a NaN query row, or a row whose only key in a block is
-NaN, comes out as zeros or as a finite average that ignores the NaN). :func:`scaled_dot_product`
+NaN, comes out as zeros or as a finite average that ignores the NaN). :func:`sdpa`
 checks q and k for NaN/inf on the CPU (one reduction each; a host sync costs nothing there) and
 sends such calls to PyTorch's math kernel, which propagates them. Compiled code skips the check
 (no graph break).
+
+:func:`sdpa` is the one call site of the fused kernel (this backend and the fast path of
+:class:`~attnkit.attention.multihead.MultiHeadAttention`). On CPU it runs bf16/fp16 calls
+that need gradients over short key sequences in fp32: PyTorch's CPU flash-attention
+*backward* in reduced precision has a large per-head cost (measured with 1 thread, causal,
+bf16 forward+backward vs the same call upcast to fp32: 2.6-3.9x slower at Lk=64, 1.8-3.0x at
+128, 1.0-1.5x at 256, faster from 512 on), while the fp32 kernel at these lengths costs
+little; the casts are O(L·D) against the kernel's O(L²·D).
 """
 
 from __future__ import annotations
@@ -29,6 +37,40 @@ from attnkit.attention.masks import Mask
 
 NAME = "sdpa"
 EXACT = True
+
+#: Longest key sequence at which CPU bf16/fp16 attention with gradients runs in fp32.
+CPU_HALF_GRAD_UPCAST_MAX_KV = 256
+
+
+def _upcast_for_cpu_backward(q: Tensor, k: Tensor, v: Tensor) -> bool:
+    return (q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16)
+            and k.shape[-2] <= CPU_HALF_GRAD_UPCAST_MAX_KV and torch.is_grad_enabled()
+            and (q.requires_grad or k.requires_grad or v.requires_grad))
+
+
+def sdpa(q: Tensor, k: Tensor, v: Tensor, *, attn_mask: Tensor | None = None,
+         dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
+         known_finite: bool = False) -> Tensor:
+    """``F.scaled_dot_product_attention`` (GQA when k has fewer heads than q), the one call
+    site of the fused kernel (module docstring): NaN/inf in q and k propagate on the CPU too
+    (``known_finite``: the caller has already established that they are finite —
+    ``MultiHeadAttention`` decoding with a cache checks only each step's new tokens — so the
+    check is skipped), and CPU reduced-precision training calls over short keys run in fp32
+    and are cast back."""
+    gqa = k.shape[1] != q.shape[1]
+    kw = dict(attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+              enable_gqa=gqa)
+    if not known_finite and on_cpu_eager(q) and not (all_finite(q) and all_finite(k)):
+        with sdpa_kernel(SDPBackend.MATH):
+            return F.scaled_dot_product_attention(q, k, v, **kw)
+    if _upcast_for_cpu_backward(q, k, v):
+        dtype = q.dtype
+        if attn_mask is not None and attn_mask.is_floating_point():
+            kw["attn_mask"] = attn_mask.float()
+        with torch.autocast("cpu", enabled=False):
+            out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **kw)
+        return out.to(dtype)
+    return F.scaled_dot_product_attention(q, k, v, **kw)
 
 
 def supports(req) -> str | None:
@@ -59,8 +101,8 @@ def forward(q: Tensor, k: Tensor, v: Tensor, *, mask, score_mod, scale: float, d
         if not score_mod.finite:
             dead = torch.isneginf(bias).all(dim=-1, keepdim=True)
         attn_mask = bias
-    out = scaled_dot_product(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
-                             is_causal=is_causal, scale=scale)
+    out = sdpa(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+               scale=scale)
     if dead is not None:  # branch-free: no host sync, no graph break
         grad = torch.is_grad_enabled() and out.requires_grad  # the kernel saved out
         out = out.masked_fill(dead, 0.0) if grad else out.masked_fill_(dead, 0.0)
@@ -79,23 +121,6 @@ def _dead_rows(mask, allowed: Tensor) -> Tensor | None:
         dead = ~allowed.any(dim=-1, keepdim=True)
         mask._cache[key] = dead if bool(dead.any()) else None
     return mask._cache[key]
-
-
-def scaled_dot_product(q: Tensor, k: Tensor, v: Tensor, *, attn_mask: Tensor | None = None,
-                       dropout_p: float = 0.0, is_causal: bool = False, scale: float,
-                       known_finite: bool = False) -> Tensor:
-    """``F.scaled_dot_product_attention`` (GQA when k has fewer heads than q) that propagates
-    NaN/inf in q and k on the CPU too (see the module docstring). ``known_finite``: the caller
-    has already established that q and k are finite (``MultiHeadAttention`` decoding with a
-    cache checks only each step's new tokens), so the check is skipped."""
-    gqa = k.shape[1] != q.shape[1]
-    if not known_finite and on_cpu_eager(q) and not (all_finite(q) and all_finite(k)):
-        with sdpa_kernel(SDPBackend.MATH):
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
-                                                  dropout_p=dropout_p, is_causal=is_causal,
-                                                  scale=scale, enable_gqa=gqa)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
-                                          is_causal=is_causal, scale=scale, enable_gqa=gqa)
 
 
 def on_cpu_eager(t: Tensor) -> bool:
